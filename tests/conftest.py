@@ -1,0 +1,47 @@
+"""Shared fixtures. Real data comes from VIT_APP_TEST_DATA (CI sets it) or ../shared/data beside the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def _data_root() -> Path | None:
+    env = os.environ.get("VIT_APP_TEST_DATA")
+    if env:
+        return Path(env)
+    default = REPO.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder. When VIT_APP_TEST_DATA is set (as in CI) missing data is a failure, never a skip."""
+    root = _data_root()
+    if root is None:
+        pytest.skip("no real data: set VIT_APP_TEST_DATA to the folder holding cifar10/ and imagenette-mini/")
+    assert (root / "cifar10" / "cifar-10-batches-py").is_dir(), f"{root}/cifar10/cifar-10-batches-py is missing"
+    assert (root / "imagenette-mini" / "train").is_dir(), f"{root}/imagenette-mini/train is missing"
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(shared_data: Path) -> Path:
+    return shared_data / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def imagenette_root(shared_data: Path) -> Path:
+    return shared_data / "imagenette-mini"

@@ -1,0 +1,182 @@
+"""Our VisionTransformer against timm's, attention paths, gradients, presets and position-embedding resampling."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+from vit_app.model import PRESETS, VisionTransformer, create_model, resample_pos_embed
+
+PARITY_SHAPES = {
+    "cifar_32_p4_cls": dict(img_size=32, patch_size=4, embed_dim=96, depth=3, num_heads=3, num_classes=10),
+    "imagenet_224_p16": dict(img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3, num_classes=1000),
+    "gap_no_cls": dict(
+        img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, class_token=False, global_pool="avg"
+    ),
+    "mlp_ratio_2.5_no_qkv_bias": dict(
+        img_size=64, patch_size=8, embed_dim=128, depth=2, num_heads=4, mlp_ratio=2.5, qkv_bias=False
+    ),
+    "gap_with_cls": dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, global_pool="avg"),
+}
+
+
+def _randomize(model: torch.nn.Module) -> None:
+    """Non-trivial weights everywhere (the zero head and unit norms would hide mistakes)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0)
+            )
+
+
+@pytest.mark.parametrize("name", PARITY_SHAPES)
+def test_timm_weights_load_strict_and_logits_match(name: str) -> None:
+    kw = PARITY_SHAPES[name]
+    ref = TimmViT(**kw).eval()
+    _randomize(ref)
+    ours = VisionTransformer(**kw).eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, 3, kw["img_size"], kw["img_size"])
+    with torch.no_grad():
+        diff = (ours(x) - ref(x)).abs().max().item()
+        feat_diff = (ours.forward_features(x) - ref.forward_features(x)).abs().max().item()
+    assert diff <= 1e-4, f"{name}: logits differ by {diff}"
+    assert feat_diff <= 1e-4
+
+
+def test_fused_and_explicit_attention_agree_and_maps_are_returned() -> None:
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4, num_classes=7).eval()
+    _randomize(m)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        fused = m(x)
+        m.set_fused_attn(False)
+        explicit = m(x)
+        m.set_fused_attn(True)
+        logits, attns = m.forward_with_attention(x)
+    assert (fused - explicit).abs().max().item() <= 1e-5
+    assert (logits - fused).abs().max().item() <= 1e-5
+    assert len(attns) == 3
+    for a in attns:
+        assert a.shape == (4, 4, 65, 65)
+        torch.testing.assert_close(a.sum(-1), torch.ones(4, 4, 65), atol=1e-5, rtol=0)
+        assert (a >= 0).all()
+
+
+def test_attention_maps_are_the_ones_used_for_the_output() -> None:
+    """Recompute block 0's attention by hand from its qkv weights: the returned map must equal it."""
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3).eval()
+    _randomize(m)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _, (attn,) = m.forward_with_attention(x)
+        tokens = m._tokens(x)
+        h = m.blocks[0].norm1(tokens)
+        q, k, _ = m.blocks[0].attn.qkv(h).reshape(2, 17, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        expected = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1)
+    torch.testing.assert_close(attn, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(class_token=False, global_pool="avg")])
+def test_every_parameter_gets_a_finite_gradient(kw: dict) -> None:
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3, num_classes=5, **kw)
+    _randomize(m)  # the zero-initialised head would block gradients to everything below it
+    m.train()
+    logits = m(torch.randn(2, 3, 32, 32))
+    assert torch.isfinite(logits).all()
+    logits.square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+def test_init_is_timm_like() -> None:
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=10)
+    assert m.head.weight.abs().max() == 0 and m.head.bias.abs().max() == 0
+    w = m.blocks[0].mlp.fc1.weight
+    assert 0.018 < w.std().item() < 0.022 and w.abs().mean().item() < 0.02  # trunc-normal(std 0.02)
+    assert m.blocks[0].attn.qkv.bias.abs().max() == 0
+    assert m.cls_token.abs().max().item() < 1e-4
+    assert m.no_weight_decay() == {"pos_embed", "cls_token"}
+
+
+# Exact counts, also checked against timm below; the CIFAR presets have 10 classes, the 224 ones 1000.
+PINNED_PARAMS = {
+    "vit_cifar_tiny": 2_697_610,
+    "vit_cifar_small": 8_335_882,
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_base_patch16_224": 86_567_656,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts_are_pinned(name: str) -> None:
+    num_classes = 10 if "cifar" in name else 1000
+    with torch.device("meta"):
+        ours = create_model(name, num_classes=num_classes)
+        ref = TimmViT(**PRESETS[name], num_classes=num_classes)
+    n = sum(p.numel() for p in ours.parameters())
+    assert n == PINNED_PARAMS[name]
+    assert n == sum(p.numel() for p in ref.parameters())
+
+
+def test_named_timm_architectures_match_timm_registry() -> None:
+    for name in ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"):
+        with torch.device("meta"):
+            ref = timm.create_model(name, pretrained=False)
+            ours = create_model(name)
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_resample_pos_embed_matches_timm() -> None:
+    pe = torch.randn(1, 1 + 8 * 8, 32)
+    ours = resample_pos_embed(pe, (12, 12), (8, 8), num_prefix_tokens=1)
+    ref = resample_abs_pos_embed(pe, [12, 12], [8, 8], num_prefix_tokens=1)
+    assert ours.shape == (1, 1 + 144, 32)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(ours[:, :1], pe[:, :1])  # the class token's embedding is kept as is
+    assert resample_pos_embed(pe, (8, 8), (8, 8)) is pe
+
+
+def test_loading_weights_from_another_image_size_resamples_pos_embed() -> None:
+    small = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    _randomize(small)
+    big = VisionTransformer(img_size=48, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    big.load_state_dict(small.state_dict(), strict=True)
+    expected = resample_abs_pos_embed(small.pos_embed.detach(), [12, 12], [8, 8], num_prefix_tokens=1)
+    torch.testing.assert_close(big.pos_embed.detach(), expected)
+    torch.testing.assert_close(big.blocks[0].attn.qkv.weight, small.blocks[0].attn.qkv.weight)
+
+
+def test_run_time_input_size_change_equals_a_resampled_model() -> None:
+    """A 32-px model fed 48-px images gives what a 48-px model with resampled weights gives."""
+    small = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+    _randomize(small)
+    big = VisionTransformer(img_size=48, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+    big.load_state_dict(small.state_dict())
+    x = torch.randn(2, 3, 48, 40)  # non-square too
+    big2 = VisionTransformer(img_size=(48, 40), patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3)
+    big2.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), big2.eval()(x), atol=1e-5, rtol=1e-5)
+        sq = torch.randn(2, 3, 48, 48)
+        torch.testing.assert_close(small(sq), big(sq), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input_size_and_arguments_raise_clear_errors() -> None:
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        m(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="needs class_token=True"):
+        VisionTransformer(class_token=False, global_pool="token")
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        VisionTransformer(embed_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        create_model("vit_gigantic")

@@ -1,0 +1,236 @@
+"""One DataModule for every dataset kind: the built-in synthetic shapes, CIFAR-10/100 and ImageFolder subsets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vit_app.data.folder import ImageFolderDataset, find_classes, read_class_subset
+from vit_app.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
+from vit_app.data.transforms import TrainCrop, build_eval_transform, build_train_transform, eval_spec
+from vit_app.errors import ConfigError
+
+DatasetKind = Literal["synthetic", "cifar10", "cifar100", "imagefolder"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def _cifar_class(kind: str):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return CIFAR10 if kind == "cifar10" else CIFAR100
+
+
+def _cifar_classes(kind: str, root: str | None) -> list[str]:
+    meta_names = {"cifar10": ("batches.meta", "label_names"), "cifar100": ("meta", "fine_label_names")}
+    if root is not None:
+        meta = Path(root) / CIFAR_FOLDERS[kind] / meta_names[kind][0]
+        if meta.is_file():
+            import pickle
+
+            with open(meta, "rb") as f:  # the official release's metadata: a dict of lists of str
+                return [str(c) for c in pickle.load(f, encoding="latin1")[meta_names[kind][1]]]
+    if kind == "cifar10":
+        return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return [f"class_{i:03d}" for i in range(100)]  # replaced by the real names once the data is on disk
+
+
+class _Transformed(Dataset):
+    """Apply a transform on top of a dataset of (PIL image, label)."""
+
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        img, label = self.base[i]
+        return self.transform(img), label
+
+
+class ViTDataModule(L.LightningDataModule):
+    """Train/val/test loaders for `dataset`; num_classes, class names, image size and normalisation live here.
+
+    Args:
+        dataset: synthetic (built in, offline default), cifar10, cifar100 or imagefolder.
+        root: data folder. CIFAR: the folder holding cifar-10-batches-py / cifar-100-python. ImageFolder: the
+            folder holding <train_split>/ and <val_split>/, each with one sub-folder a class. Unused for synthetic.
+        download: CIFAR only: fetch the dataset into root if it is not there (needs network).
+        img_size: input size; default 32 for synthetic and CIFAR, 224 for imagefolder.
+        batch_size: training batch size per device.
+        eval_batch_size: validation/test batch size (default: 2x batch_size).
+        num_workers: loader processes; default min(4, CPUs - 1) for files on disk, 0 for in-memory data.
+        train_split: ImageFolder: the training sub-folder.
+        val_split: ImageFolder: the validation sub-folder (also used for test).
+        class_subset: ImageFolder: a file of class folder names, one a line, to train on a subset of the classes.
+        val_holdout: CIFAR/synthetic: hold this many training images out for validation; 0 validates on the test split.
+        synthetic_train_size: synthetic: number of training images.
+        synthetic_val_size: synthetic: number of validation (and test) images.
+        rand_augment: timm RandAugment config string, e.g. "rand-m9-mstd0.5-inc1"; None turns it off.
+        train_crop: "pad" (CIFAR-style pad + random crop), "rrc" (random-resized-crop), "none" (flip only) or
+            "auto" (pad up to 64 px, rrc above).
+        rrc_scale: area range of the random-resized-crop.
+        crop_pct: eval: centre-crop fraction (resize to img_size / crop_pct, crop img_size); default 1.0 for small
+            images, 0.875 for 224 px.
+        mean: normalisation mean; default per dataset.
+        std: normalisation std; default per dataset.
+        seed: seed of the hold-out split and of the synthetic streams.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetKind = "synthetic",
+        root: str | None = None,
+        download: bool = False,
+        img_size: int | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        class_subset: str | None = None,
+        val_holdout: int = 0,
+        synthetic_train_size: int = 20000,
+        synthetic_val_size: int = 2000,
+        rand_augment: str | None = None,
+        train_crop: TrainCrop = "auto",
+        rrc_scale: tuple[float, float] = (0.08, 1.0),
+        crop_pct: float | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.kind = dataset
+        self.root = root
+        self.download = download
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.class_subset = class_subset
+        self.train_split, self.val_split = train_split, val_split
+        self.val_holdout = val_holdout
+        self.seed = seed
+        self.synthetic_sizes = (synthetic_train_size, synthetic_val_size)
+        if dataset == "synthetic":
+            self.class_names = list(SHAPES)
+            default_size, default_stats = 32, (SYNTHETIC_MEAN, SYNTHETIC_STD)
+        elif dataset in CIFAR_STATS:
+            self._check_cifar_root()
+            self.class_names = _cifar_classes(dataset, root)
+            default_size, default_stats = 32, CIFAR_STATS[dataset]
+        elif dataset == "imagefolder":
+            if root is None:
+                raise ConfigError(
+                    "data.root is required for dataset 'imagefolder' (the folder holding train/ and val/)"
+                )
+            subset = read_class_subset(class_subset) if class_subset else None
+            self.class_names = find_classes(Path(root) / train_split, subset)
+            find_classes(Path(root) / val_split, self.class_names)  # the same classes must exist for validation
+            default_size, default_stats = 224, (IMAGENET_MEAN, IMAGENET_STD)
+        else:
+            raise ConfigError(
+                f"data.dataset: unknown dataset {dataset!r}; choose synthetic, cifar10, cifar100, imagefolder"
+            )
+        self.img_size = img_size or default_size
+        self.mean = tuple(mean or default_stats[0])
+        self.std = tuple(std or default_stats[1])
+        self.crop_pct = crop_pct if crop_pct is not None else (1.0 if self.img_size <= 64 else 0.875)
+        self.in_memory = dataset == "synthetic"
+        cpus = os.cpu_count() or 1
+        self.num_workers = num_workers if num_workers is not None else (0 if self.in_memory else min(4, cpus - 1))
+        self.train_transform = build_train_transform(
+            self.img_size, self.mean, self.std, train_crop, rrc_scale, rand_augment=rand_augment
+        )
+        self.eval_transform = build_eval_transform(self.eval_spec)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def eval_spec(self) -> dict[str, Any]:
+        return eval_spec(self.img_size, self.crop_pct, self.mean, self.std)
+
+    def _check_cifar_root(self) -> None:
+        if self.root is None:
+            raise ConfigError(
+                f"data.root is required for dataset '{self.kind}': the folder that holds "
+                f"{CIFAR_FOLDERS[self.kind]}/ (set data.download: true to fetch it there)"
+            )
+        folder = Path(self.root) / CIFAR_FOLDERS[self.kind]
+        if not self.download and not folder.is_dir():
+            raise ConfigError(
+                f"data.root: '{folder}' does not exist; point data.root at the folder holding "
+                f"{CIFAR_FOLDERS[self.kind]}/, or set data.download: true to fetch it (needs network)"
+            )
+
+    def prepare_data(self) -> None:
+        if self.kind in CIFAR_STATS and self.download:
+            for train in (True, False):
+                _cifar_class(self.kind)(self.root, train=train, download=True)
+
+    def _raw_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """(train, val, test) datasets yielding (PIL image, label), without transforms."""
+        if self.kind == "synthetic":
+            n_train, n_val = self.synthetic_sizes
+            train = SyntheticShapes(n_train, seed=1000 + self.seed, img_size=self.img_size)
+            test = SyntheticShapes(n_val, seed=2000 + self.seed, img_size=self.img_size)
+        elif self.kind in CIFAR_STATS:
+            cls = _cifar_class(self.kind)
+            train, test = cls(self.root, train=True, download=False), cls(self.root, train=False, download=False)
+        else:
+            root = Path(self.root)  # type: ignore[arg-type]
+            train = ImageFolderDataset(root / self.train_split, self.class_names)
+            test = ImageFolderDataset(root / self.val_split, self.class_names)
+            return train, test, test
+        if self.val_holdout <= 0:
+            return train, test, test
+        if self.val_holdout >= len(train):  # type: ignore[arg-type]
+            raise ConfigError(
+                f"data.val_holdout: {self.val_holdout} is not smaller than the {len(train)} training images"
+            )
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()  # type: ignore[arg-type]
+        return Subset(train, perm[self.val_holdout :]), Subset(train, perm[: self.val_holdout]), test
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val, test = self._raw_splits()
+        self.train_set = _Transformed(train, self.train_transform)
+        self.val_set = _Transformed(val, self.eval_transform)
+        self.test_set = _Transformed(test, self.eval_transform)
+
+    def _loader(self, ds: Dataset | None, train: bool) -> DataLoader:
+        assert ds is not None, "call setup() first"
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

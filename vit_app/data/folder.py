@@ -1,0 +1,72 @@
+"""ImageFolder datasets (root/<split>/<class>/<image>) with an optional class-subset file, e.g. ImageNet wnids."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from vit_app.data.images import is_image_file, load_image
+from vit_app.errors import ConfigError
+
+
+def read_class_subset(path: str | os.PathLike) -> list[str]:
+    """Class folder names from a file, one a line; blank lines and `#` comments are skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data.class_subset: file '{p}' does not exist")
+    names = [line.split("#", 1)[0].strip() for line in p.read_text().splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"data.class_subset: '{p}' lists no classes (one class folder name a line, e.g. n01440764)")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"data.class_subset: '{p}' lists classes more than once: {', '.join(dup)}")
+    return names
+
+
+def find_classes(split_dir: str | os.PathLike, subset: list[str] | None = None) -> list[str]:
+    """Sorted class folder names under `split_dir`, restricted to `subset` when given."""
+    d = Path(split_dir)
+    if not d.is_dir():
+        raise ConfigError(f"data.root: folder '{d}' does not exist (expected <root>/<split>/<class>/<image>)")
+    present = sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+    if subset is None:
+        if not present:
+            raise ConfigError(f"data.root: '{d}' has no class folders (expected <root>/<split>/<class>/<image>)")
+        return present
+    missing = [c for c in subset if c not in present]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ConfigError(f"data.class_subset: classes not found in '{d}': {', '.join(missing[:5])}{more}")
+    return sorted(subset)
+
+
+class ImageFolderDataset(Dataset):
+    """Images under split_dir/<class>/ for the given classes (label = index in `classes`); files in sorted order."""
+
+    def __init__(self, split_dir: str | os.PathLike, classes: list[str], transform: Callable | None = None) -> None:
+        self.root = Path(split_dir)
+        self.classes = list(classes)
+        self.transform = transform
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            cdir = self.root / name
+            if not cdir.is_dir():
+                raise ConfigError(f"data.root: class folder '{cdir}' is missing")
+            for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
+                dirnames.sort()
+                self.samples += [(os.path.join(dirpath, f), label) for f in sorted(filenames) if is_image_file(f)]
+        if not self.samples:
+            raise ConfigError(f"data.root: no images under '{self.root}' (extensions: jpg, png, webp, bmp, gif, tiff)")
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        img = load_image(path)
+        return (self.transform(img) if self.transform else img), label

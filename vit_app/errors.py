@@ -1,0 +1,15 @@
+"""Errors that are the user's to fix: the CLI prints their message, without a traceback unless --debug."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, checkpoint, image), with a message that says the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work: names the key and the reason."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or model file that cannot be loaded (or is refused as unsafe)."""

@@ -1,0 +1,300 @@
+"""Our Vision Transformer: readable top to bottom, weight-compatible with timm's VisionTransformer.
+
+PatchEmbed -> [class token] + learned position embedding -> `depth` pre-norm Blocks -> norm -> pool -> head.
+Parameter names and shapes equal timm's for the same constructor arguments, so a timm state dict loads with
+`strict=True`. Attention maps are *returned* by `forward_with_attention`, never captured by hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GlobalPool = Literal["token", "avg"]
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def resample_pos_embed(
+    pos_embed: Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1
+) -> Tensor:
+    """Bicubically resample a (1, prefix + H*W, D) position embedding to a new patch grid; prefix rows are kept."""
+    n_old = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = math.isqrt(n_old)
+        if side * side != n_old:
+            raise ValueError(f"cannot infer a square patch grid from {n_old} position embeddings; pass old_grid")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    D = grid.shape[-1]
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos_embed.dtype)  # (1, H*W, D)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth: drop the whole residual branch per sample, rescaling the survivors."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.p, self.training)
+
+
+class PatchEmbed(nn.Module):
+    """Image (B, C, H, W) -> patch tokens (B, H/p * W/p, D) with one strided convolution."""
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.img_size = _pair(img_size)
+        self.patch_size = _pair(patch_size)
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        B, C, H, W = x.shape
+        ph, pw = self.patch_size
+        if H % ph or W % pw:
+            raise ValueError(f"input size {H}x{W} is not divisible by the patch size {ph}x{pw}")
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        grid = (x.shape[2], x.shape[3])
+        return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection: Q, K and V all come from the same tokens."""
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused_attn = True  # SDPA (flash / memory-efficient kernels) unless the maps are asked for
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, need_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
+        q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
+        attn: Tensor | None = None
+        if self.fused_attn and not need_attn:
+            p = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, hd)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N), rows sum to 1
+            x = self.attn_drop(attn) @ v  # (B, h, N, hd)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, D)
+        return self.proj_drop(self.proj(x)), attn
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each with optional drop-path."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: Tensor, need_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        y, attn = self.attn(self.norm1(x), need_attn)
+        x = x + self.drop_path1(y)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class VisionTransformer(nn.Module):
+    """Vision Transformer with timm's argument names, parameter names and shapes."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        class_token: bool = True,
+        global_pool: GlobalPool = "token",
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        fc_norm: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm  # timm's rule: GAP models norm after pool
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dim = self.num_features = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=attn_drop_rate, drop_path=r) for r in rates
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.patch_embed.grid_size
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm-style init: trunc-normal(0.02) linear weights and position embedding, zero biases, zero head."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # Patch projection as a linear layer over the flattened patch (as in timm's jax init).
+        w = self.patch_embed.proj.weight
+        nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def set_fused_attn(self, enable: bool) -> None:
+        """Switch every block between SDPA and the explicit softmax path (tests compare the two)."""
+        for blk in self.blocks:
+            blk.attn.fused_attn = enable
+
+    def _pos_embed(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        B = x.shape[0]
+        pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)  # no-op at train size
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, D)
+        return x + pos
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        x, grid = self.patch_embed(x)  # (B, N, D)
+        return self._pos_embed(x, grid)  # (B, prefix + N, D)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> normed tokens (B, prefix + N, D)."""
+        x = self._tokens(x)
+        for blk in self.blocks:
+            x, _ = blk(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool tokens (B, T, D) -> (B, D), then the classifier -> (B, num_classes)."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits and each block's post-softmax attention (B, heads, T, T), from the q and k that made the output."""
+        x = self._tokens(x)
+        attentions: list[Tensor] = []
+        for blk in self.blocks:
+            x, attn = blk(x, need_attn=True)
+            assert attn is not None
+            attentions.append(attn)
+        return self.forward_head(self.norm(x)), attentions
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Weights trained at another image size: resample their position embedding to our grid (bicubic).
+        key = prefix + "pos_embed"
+        if key in state_dict and state_dict[key].shape != self.pos_embed.shape:
+            src = state_dict[key]
+            if src.ndim != 3 or src.shape[-1] != self.pos_embed.shape[-1]:
+                raise ValueError(f"{key}: shape {tuple(src.shape)} does not fit embed_dim {self.embed_dim}")
+            state_dict[key] = resample_pos_embed(src, self.grid_size, None, self.num_prefix_tokens)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# Named sizes (big_vision style). The CIFAR presets follow the small-data ViT literature (patch 4 on 32 px).
+PRESETS: dict[str, dict[str, Any]] = {
+    "vit_cifar_tiny": dict(img_size=32, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0),
+    "vit_cifar_small": dict(img_size=32, patch_size=4, embed_dim=384, depth=7, num_heads=6, mlp_ratio=2.0),
+    "vit_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of a preset, with `overrides` (ignoring None values) applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = dict(PRESETS[name])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def create_model(name: str, **overrides: Any) -> VisionTransformer:
+    """Build a preset by name, e.g. create_model("vit_small_patch16_224", num_classes=10)."""
+    return VisionTransformer(**preset_config(name, **overrides))
