@@ -45,3 +45,18 @@ def cifar_root(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def imagenette_root(shared_data: Path) -> Path:
     return shared_data / "imagenette-mini"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for a few steps on the synthetic shapes: a real checkpoint written by `fit`."""
+    from vit_app.cli import build_cli
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "4"]
+    args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "32", "--data.batch_size", "16"]
+    args += ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]
+    args += ["--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
+    args += ["--trainer.enable_progress_bar", "false"]
+    build_cli(args)
+    return next(out.rglob("last.ckpt"))

@@ -2,14 +2,117 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import IO, Any, Literal
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Checkpoint(ModelCheckpoint):
-    """ModelCheckpoint that honours fast_dev_run at the end of training too (Lightning 2.6 writes last.ckpt there)."""
+    """ModelCheckpoint (best by the monitored metric, and last) that also saves last.ckpt every
+    `last_every_n_steps` optimiser steps (mid-epoch resume points) and when the job is preempted (SIGTERM), and
+    honours fast_dev_run at the end of training (Lightning 2.6 writes last.ckpt there).
+
+    Args:
+        last_every_n_steps: also refresh last.ckpt every this many steps (0: only when Lightning saves).
+    """
+
+    def __init__(self, *args: Any, last_every_n_steps: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_every_n_steps = last_every_n_steps
+
+    def _save_last_now(self, trainer: Any) -> str:
+        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)  # type: ignore[arg-type]
+        trainer.save_checkpoint(path)
+        self.last_model_path = path
+        return path
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        n = self.last_every_n_steps
+        if n > 0 and trainer.global_step % n == 0 and not trainer.fast_dev_run and not trainer.sanity_checking:
+            self._save_last_now(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.fast_dev_run:
-            super().on_train_end(trainer, pl_module)
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self.dirpath and self._last_global_step_saved != trainer.global_step:
+            self._save_last_now(trainer)  # a run stopped mid-epoch (time budget, max_steps): keep its final weights
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and not trainer.fast_dev_run and self.dirpath:
+            path = self._save_last_now(trainer)  # at a batch boundary: resumable with --ckpt_path last
+            rank_zero_info(f"vit-app: SIGTERM received: saved {path}")
+            return
+        super().on_exception(trainer, pl_module, exception)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `vit-app predict` results as they come: JSON lines or CSV (top-k per image, errors in place) and, with
+    maps=True, each image's rollout map as <output_dir>/maps/<index>.npy. With several processes each writes its own
+    predictions.rank<N> file.
+
+    Args:
+        output_dir: folder for predictions.jsonl / predictions.csv and maps/.
+        format: "jsonl" or "csv".
+        topk: classes reported per image.
+        maps: also compute and save the attention rollout of every image.
+    """
+
+    def __init__(
+        self,
+        output_dir: str = "predictions",
+        format: Literal["jsonl", "csv"] = "jsonl",
+        topk: int = 5,
+        maps: bool = False,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir, self.format, self.topk, self.maps = Path(output_dir), format, topk, maps
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        pl_module.predict_maps = self.maps
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.maps:
+            (self.output_dir / "maps").mkdir(exist_ok=True)
+        suffix = "" if trainer.world_size == 1 else f".rank{trainer.global_rank}"
+        path = self.output_dir / f"predictions{suffix}.{self.format}"
+        self._file = open(path, "w", newline="")
+        from vit_app.classify import Writer
+
+        self._writer = Writer(self._file, "json" if self.format == "jsonl" else "csv", self.topk)
+        self._class_names = pl_module.class_names
+
+    def write_on_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dl_idx: int = 0,
+    ) -> None:
+        from vit_app.classify import topk_records
+
+        records = topk_records(prediction["probs"].cpu(), self._class_names, self.topk)
+        for i, (path, error) in enumerate(zip(prediction["path"], prediction["error"])):
+            if error:
+                self._writer.error(path, error)
+                continue
+            self._writer.result(path, records[i])
+            if self.maps:
+                index = int(prediction["index"][i])
+                np.save(self.output_dir / "maps" / f"{index:07d}.npy", prediction["maps"][i].float().cpu().numpy())
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            print(f"vit-app: predictions written to {self.output_dir}")

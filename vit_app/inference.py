@@ -32,14 +32,23 @@ class InferenceModel:
 
 
 def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
-    """Rebuild the model saved in a vit-app checkpoint, load its (EMA, if trained with it) weights, eval mode."""
-    ckpt = safe_load(path)
-    meta = ckpt.get(CHECKPOINT_KEY)
-    if not isinstance(meta, dict) or "model_config" not in meta:
-        raise CheckpointError(f"{path}: not a vit-app checkpoint (it has no '{CHECKPOINT_KEY}' entry)")
-    state = ckpt.get("state_dict", {})
-    prefix = meta.get("weights", "model.")
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    """Rebuild the model saved in a vit-app checkpoint (or exported .safetensors), load its weights (the EMA
+    weights if it was trained with them), in eval mode, with its class names and eval transform."""
+    if str(path).endswith(".safetensors"):
+        from vit_app.export import load_safetensors
+
+        weights, meta = load_safetensors(path)
+        if meta is None:
+            raise CheckpointError(f"{path}: a safetensors file without vit-app metadata (export it with vit-app)")
+    else:
+        ckpt = safe_load(path)
+        meta = ckpt.get(CHECKPOINT_KEY)
+        if not isinstance(meta, dict) or "model_config" not in meta:
+            raise CheckpointError(f"{path}: not a vit-app checkpoint (it has no '{CHECKPOINT_KEY}' entry)")
+        state = ckpt.get("state_dict", {})
+        prefix = meta.get("weights", "model.")
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        meta = {**meta, "weights": ""}
     model = VisionTransformer(**meta["model_config"])
     try:
         model.load_state_dict(weights, strict=True)

@@ -29,7 +29,7 @@ def time_train_step(model: nn.Module, x: torch.Tensor, bf16: bool) -> float:
 def cpu_bf16_speedup(model: nn.Module, x: torch.Tensor, rounds: int = 3) -> float:
     """Median fp32 time / median bf16 time of a training step, measured interleaved on a copy of `model`."""
     probe = copy.deepcopy(model).train()
-    for bf16 in (False, True):  # warm-up both paths
+    for bf16 in (False, True):  # warm-up both paths (the first call of each pays for kernel selection)
         time_train_step(probe, x, bf16)
     fp32, bf16 = [], []
     for _ in range(rounds):

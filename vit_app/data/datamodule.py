@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vit_app.data.folder import ImageFolderDataset, find_classes, read_class_subset
+from vit_app.data.memory import TensorBatchLoader
+from vit_app.data.sampling import EpochSampler, ResumableDataLoader, SeededTransform
 from vit_app.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from vit_app.data.transforms import TrainCrop, build_eval_transform, build_train_transform, eval_spec
 from vit_app.errors import ConfigError
@@ -45,18 +47,55 @@ def _cifar_classes(kind: str, root: str | None) -> list[str]:
     return [f"class_{i:03d}" for i in range(100)]  # replaced by the real names once the data is on disk
 
 
-class _Transformed(Dataset):
-    """Apply a transform on top of a dataset of (PIL image, label)."""
+def _as_tensors(ds: Dataset, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 3, H, W), int64 labels (N,)) of a CIFAR, synthetic, or Subset of either, on `device`."""
+    indices = None
+    if isinstance(ds, Subset):
+        ds, indices = ds.dataset, list(ds.indices)
+    if isinstance(ds, SyntheticShapes):
+        images, labels = ds.as_arrays()
+    else:  # torchvision CIFAR: .data (N, H, W, 3) uint8 and .targets
+        images, labels = ds.data, ds.targets  # type: ignore[attr-defined]
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if indices is not None:
+        x, y = x[indices], y[indices]
+    return x.to(device), y.to(device)
 
-    def __init__(self, base: Dataset, transform) -> None:
-        self.base, self.transform = base, transform
+
+class PredictFiles(Dataset):
+    """Image files for prediction; an unreadable one yields a zero image and its error instead of raising."""
+
+    def __init__(self, paths: list[str], transform, img_size: int) -> None:
+        self.paths, self.transform, self.img_size = paths, transform, img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from vit_app.data.images import load_image
+
+        try:
+            x, error = self.transform(load_image(self.paths[i])), ""
+        except Exception as e:  # reported by the prediction writer, never silently replaced
+            x, error = torch.zeros(3, self.img_size, self.img_size), str(e)
+        return {"x": x, "index": i, "path": self.paths[i], "error": error}
+
+
+class PredictSplit(Dataset):
+    """A dataset split for prediction, with a path for each item (the file for ImageFolder, else split/index)."""
+
+    def __init__(self, base: Dataset, transform, name: str) -> None:
+        self.base, self.transform, self.name = base, transform, name
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int):
-        img, label = self.base[i]
-        return self.transform(img), label
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, _ = self.base[i]
+        samples = getattr(self.base, "samples", None)
+        path = samples[i][0] if samples is not None else f"{self.name}/{i}"
+        return {"x": self.transform(img), "index": i, "path": path, "error": ""}
 
 
 class ViTDataModule(L.LightningDataModule):
@@ -85,7 +124,12 @@ class ViTDataModule(L.LightningDataModule):
             images, 0.875 for 224 px.
         mean: normalisation mean; default per dataset.
         std: normalisation std; default per dataset.
-        seed: seed of the hold-out split and of the synthetic streams.
+        seed: seed of the hold-out split, the synthetic streams and the in-memory loader's shuffles.
+        loader: "torch" (DataLoader, per-image transforms in worker processes) or "memory" (CIFAR/synthetic only:
+            the whole uint8 set in one tensor, cropped and flipped in batches; far cheaper for small images).
+        memory_device: where the "memory" loader keeps the data and augments it: "cpu" or "cuda" (GPU-resident).
+        predict_split: what `vit-app predict` runs over: the train, val or test split (eval transform)...
+        predict_path: ...or image files under this folder / glob pattern instead (unreadable files are reported).
     """
 
     def __init__(
@@ -110,10 +154,14 @@ class ViTDataModule(L.LightningDataModule):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
         seed: int = 0,
+        loader: Literal["torch", "memory"] = "torch",
+        memory_device: str = "cpu",
+        predict_split: Literal["train", "val", "test"] = "test",
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         self.kind = dataset
-        self.root = root
+        self.root = os.path.expanduser(root) if root else root
         self.download = download
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
@@ -127,16 +175,16 @@ class ViTDataModule(L.LightningDataModule):
             default_size, default_stats = 32, (SYNTHETIC_MEAN, SYNTHETIC_STD)
         elif dataset in CIFAR_STATS:
             self._check_cifar_root()
-            self.class_names = _cifar_classes(dataset, root)
+            self.class_names = _cifar_classes(dataset, self.root)
             default_size, default_stats = 32, CIFAR_STATS[dataset]
         elif dataset == "imagefolder":
             if root is None:
                 raise ConfigError(
                     "data.root is required for dataset 'imagefolder' (the folder holding train/ and val/)"
                 )
-            subset = read_class_subset(class_subset) if class_subset else None
-            self.class_names = find_classes(Path(root) / train_split, subset)
-            find_classes(Path(root) / val_split, self.class_names)  # the same classes must exist for validation
+            subset = read_class_subset(os.path.expanduser(class_subset)) if class_subset else None
+            self.class_names = find_classes(Path(self.root) / train_split, subset)  # type: ignore[arg-type]
+            find_classes(Path(self.root) / val_split, self.class_names)  # type: ignore[arg-type]  # the same classes must exist for validation
             default_size, default_stats = 224, (IMAGENET_MEAN, IMAGENET_STD)
         else:
             raise ConfigError(
@@ -146,13 +194,23 @@ class ViTDataModule(L.LightningDataModule):
         self.mean = tuple(mean or default_stats[0])
         self.std = tuple(std or default_stats[1])
         self.crop_pct = crop_pct if crop_pct is not None else (1.0 if self.img_size <= 64 else 0.875)
-        self.in_memory = dataset == "synthetic"
+        if loader == "memory":
+            if dataset == "imagefolder":
+                raise ConfigError("data.loader: 'memory' holds CIFAR or synthetic data; use 'torch' for imagefolder")
+            if rand_augment:
+                raise ConfigError("data.rand_augment works on PIL images: use data.loader 'torch' with it")
+            if train_crop == "rrc":
+                raise ConfigError("data.train_crop: the 'memory' loader does 'pad' or 'none', not 'rrc'")
+        self.loader, self.memory_device = loader, memory_device
+        self.train_crop = train_crop
         cpus = os.cpu_count() or 1
-        self.num_workers = num_workers if num_workers is not None else (0 if self.in_memory else min(4, cpus - 1))
+        in_memory = dataset == "synthetic" or loader == "memory"
+        self.num_workers = num_workers if num_workers is not None else (0 if in_memory else min(4, cpus - 1))
         self.train_transform = build_train_transform(
             self.img_size, self.mean, self.std, train_crop, rrc_scale, rand_augment=rand_augment
         )
         self.eval_transform = build_eval_transform(self.eval_spec)
+        self.predict_split, self.predict_path = predict_split, predict_path
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -210,27 +268,65 @@ class ViTDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         train, val, test = self._raw_splits()
-        self.train_set = _Transformed(train, self.train_transform)
-        self.val_set = _Transformed(val, self.eval_transform)
-        self.test_set = _Transformed(test, self.eval_transform)
+        if self.loader == "memory":
+            dev = self.memory_device
+            self.train_set, self.val_set, self.test_set = (_as_tensors(d, dev) for d in (train, val, test))
+            return
+        self.train_set = SeededTransform(train, self.train_transform, self.seed)
+        self.val_set = SeededTransform(val, self.eval_transform, self.seed)
+        self.test_set = SeededTransform(test, self.eval_transform, self.seed)
 
-    def _loader(self, ds: Dataset | None, train: bool) -> DataLoader:
+    def _loader(self, ds: Any, train: bool) -> DataLoader | TensorBatchLoader:
         assert ds is not None, "call setup() first"
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
+        if self.loader == "memory":
+            images, labels = ds
+            pad = 0 if self.train_crop == "none" else self.img_size // 8
+            batch = self.batch_size if train else self.eval_batch_size
+            loader = TensorBatchLoader(images, labels, batch, self.mean, self.std, train, pad, seed=self.seed)
+            loader.rank, loader.world_size = self._rank_world()
+            return loader
+        common = dict(
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds never draw on the global RNG
         )
+        if train:  # order and augmentation from (seed, epoch, index); resumable mid-epoch
+            rank, world = self._rank_world()
+            sampler = EpochSampler(ds, shuffle=True, seed=self.seed, rank=rank, world_size=world)
+            return ResumableDataLoader(ds, sampler, batch_size=self.batch_size, drop_last=True, **common)
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, **common)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_batches_per_epoch(self) -> int:
+        """Training batches per epoch and process, known without building the loader (for LR schedules)."""
+        assert self.train_set is not None, "call setup() first"
+        n = len(self.train_set[1]) if self.loader == "memory" else len(self.train_set)  # type: ignore[arg-type]
+        return (n // self._rank_world()[1]) // self.batch_size
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self._loader(self.val_set, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | TensorBatchLoader:
         return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of {"x", "index", "path", "error"}: every image of the predict split or path, in order."""
+        if self.predict_path is not None:
+            from vit_app.inputs import expand_inputs
+
+            paths, missing = expand_inputs([self.predict_path])
+            if missing and not paths:
+                raise ConfigError(f"data.predict_path: {self.predict_path}: {missing[0].error}")
+            ds: Dataset = PredictFiles(paths, self.eval_transform, self.img_size)
+        else:
+            train, val, test = self._raw_splits()
+            split = {"train": train, "val": val, "test": test}[self.predict_split]
+            ds = PredictSplit(split, self.eval_transform, self.predict_split)
+        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, shuffle=False)

@@ -134,6 +134,14 @@ class SyntheticShapes(Dataset):
             raise IndexError(index)
         return render_sample(self.seed, index, self.img_size)
 
+    def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images (N, H, W, 3) uint8 and labels (N,), rendered once."""
+        images = np.empty((self.length, self.img_size, self.img_size, 3), dtype=np.uint8)
+        labels = np.empty(self.length, dtype=np.int64)
+        for i in range(self.length):
+            images[i], labels[i], _ = self.sample(i)
+        return images, labels
+
     def __getitem__(self, index: int):
         if index not in self._cache:  # rendering costs ~0.2 ms; each worker keeps what it has drawn
             img, label, _ = self.sample(index)

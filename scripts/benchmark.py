@@ -1,0 +1,367 @@
+#!/usr/bin/env python
+"""Side-by-side benchmark, in one process: our ViT vs timm's, the cost of explaining, the input pipeline.
+
+    python scripts/benchmark.py --quick --data-root ../shared/data        # < 3 minutes on 2 CPU cores
+    python scripts/benchmark.py --rounds 7 --json bench.json              # more rounds
+
+Every comparison is interleaved (A, B, A, B, ...) with the thread count fixed, and reports the median and min of
+the rounds; ratios are of medians. Peak memory is the growth of the process's peak RSS (VmHWM, reset before each
+measurement) on CPU, or torch.cuda.max_memory_allocated on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
+
+from vit_app.explain.rollout import attention_rollout  # noqa: E402
+from vit_app.model import VisionTransformer  # noqa: E402
+
+SIZES = {
+    "ViT-Ti": dict(embed_dim=192, depth=12, num_heads=3),
+    "ViT-S": dict(embed_dim=384, depth=12, num_heads=6),
+}
+RESOLUTIONS = {"32/4": dict(img_size=32, patch_size=4), "224/16": dict(img_size=224, patch_size=16)}
+
+
+def _rss_peak_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> int:
+    """Reset the peak-RSS counter (Linux) and return the current RSS in kB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure_peak_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Extra memory at the peak of one call of fn, in MiB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = _reset_peak()
+    fn()
+    return max(0, _rss_peak_kb() - base) / 1024
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, iters: int, device: torch.device) -> dict:
+    """Seconds per call of each fn: a warm-up, then `rounds` interleaved rounds of `iters` calls each."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - t) / iters)
+    return {k: {"median": statistics.median(v), "min": min(v)} for k, v in times.items()}
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def model_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    rows = []
+    for size_name, size in SIZES.items():
+        for res_name, res in RESOLUTIONS.items():
+            kw = dict(**size, **res, num_classes=10 if res_name == "32/4" else 1000)
+            torch.manual_seed(0)
+            theirs = TimmViT(**kw).to(device)
+            ours = VisionTransformer(**kw).to(device)
+            ours.load_state_dict(theirs.state_dict(), strict=True)
+            for precision in ("fp32", "bf16"):
+                for mode in ("train", "infer"):
+                    bs = args.batch_cifar if res_name == "32/4" else args.batch_224
+                    x = torch.randn(bs, 3, res["img_size"], res["img_size"], device=device)
+                    y = torch.randint(0, kw["num_classes"], (bs,), device=device)
+                    fns = {}
+                    for name, model in (("ours", ours), ("timm", theirs)):
+                        opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+                        fns[name] = _step_fn(model, opt, x, y, device, precision == "bf16")
+                    t = interleaved(fns, args.rounds, args.iters, device)
+                    mem = {k: measure_peak_mb(fn, device) for k, fn in fns.items()}
+                    rows.append(
+                        {
+                            "section": "model",
+                            "model": size_name,
+                            "res": res_name,
+                            "precision": precision,
+                            "mode": mode,
+                            "batch": bs,
+                            "ours_img_s": bs / t["ours"]["median"],
+                            "timm_img_s": bs / t["timm"]["median"],
+                            "ours_min_s": t["ours"]["min"],
+                            "timm_min_s": t["timm"]["min"],
+                            "speed_ratio": t["timm"]["median"] / t["ours"]["median"],
+                            "ours_peak_mb": mem["ours"],
+                            "timm_peak_mb": mem["timm"],
+                        }
+                    )
+                    _print_row(rows[-1])
+    return rows
+
+
+def _step_fn(model, opt, x, y, device, bf16: bool) -> Callable[[], object]:
+    if opt is None:
+
+        def infer() -> object:
+            model.eval()
+            with torch.no_grad(), _autocast(device, bf16):
+                return model(x)
+
+        return infer
+
+    def train() -> object:
+        model.train()
+        with _autocast(device, bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return train
+
+
+def hook_rollout_fn(model: TimmViT, x: torch.Tensor) -> Callable[[], object]:
+    """The field's way (vit-explain): fused attention off, forward hooks on attn_drop, full-matrix rollout."""
+    maps: list[torch.Tensor] = []
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o.detach()))
+
+    def run() -> object:
+        maps.clear()
+        with torch.no_grad():
+            out = model(x)
+            result = torch.eye(maps[0].shape[-1]).expand(x.shape[0], -1, -1)
+            for a in maps:
+                a = a.mean(dim=1)
+                a = 0.5 * a + 0.5 * torch.eye(a.shape[-1])
+                a = a / a.sum(dim=-1, keepdim=True)
+                result = a @ result
+        return out, result[:, 0, 1:]
+
+    return run
+
+
+def explain_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    kw = dict(**SIZES["ViT-Ti"], **RESOLUTIONS["224/16"])
+    torch.manual_seed(0)
+    ours = VisionTransformer(**kw).to(device).eval()
+    hooked = TimmViT(**kw).to(device).eval()
+    hooked.load_state_dict(ours.state_dict())
+    x = torch.randn(args.explain_batch, 3, 224, 224, device=device)
+
+    def plain() -> object:
+        with torch.no_grad():
+            return ours(x)
+
+    def explained() -> object:
+        with torch.no_grad():
+            logits, attns = ours.forward_with_attention(x, head_fusion="mean")
+            return logits, attention_rollout(attns)
+
+    fns = {"plain fused forward": plain, "ours: maps + rollout": explained, "hooks (timm, unfused)": None}
+    fns["hooks (timm, unfused)"] = hook_rollout_fn(hooked, x.cpu() if device.type == "cpu" else x)
+    t = interleaved(fns, args.rounds, args.iters, device)
+    base = t["plain fused forward"]["median"]
+    rows = []
+    for name in fns:
+        rows.append(
+            {
+                "section": "explain",
+                "what": name,
+                "batch": args.explain_batch,
+                "median_ms": 1000 * t[name]["median"],
+                "min_ms": 1000 * t[name]["min"],
+                "x_plain": t[name]["median"] / base,
+                "peak_mb": measure_peak_mb(fns[name], device),
+            }
+        )
+        _print_row(rows[-1])
+    return rows
+
+
+def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Images/s the DataModule delivers vs images/s the config's model trains at, per shipped config."""
+    import yaml
+
+    from vit_app.cli import build_cli
+
+    rows = []
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    roots = {"cifar10": "cifar10", "cifar100": "cifar100", "imagefolder": "imagenette-mini"}
+    for cfg in configs:
+        kind = yaml.safe_load(cfg.read_text())["data"]["dataset"]
+        extra: list[str] = []
+        if kind in roots:
+            if args.data_root is None:
+                continue
+            root = Path(args.data_root) / roots[kind]
+            if not root.exists():
+                print(f"  ({cfg.name}: no {root}, skipped)")
+                continue
+            extra = ["--data.root", str(root)]
+        cli = build_cli(["--config", str(cfg), *extra, "--trainer.logger", "false"], run=False)
+        dm, module = cli.datamodule, cli.model
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        n_batches = args.pipeline_batches
+        it = iter(loader)
+        next(it)  # start workers / warm caches
+        t = time.perf_counter()
+        seen = 0
+        for _ in range(n_batches):
+            x, _ = next(it)
+            seen += x.shape[0]
+        data_rate = seen / (time.perf_counter() - t)
+        del it
+        precision = cli.config.get("trainer", {}).get("precision")
+        if precision is None:
+            from vit_app.precision import choose_precision
+
+            s = dm.img_size
+            precision, _ = choose_precision("auto", module.model, torch.randn(min(dm.batch_size, 64), 3, s, s))
+        bs = dm.batch_size
+        xb = torch.randn(bs, 3, dm.img_size, dm.img_size, device=device)
+        yb = torch.randint(0, dm.num_classes, (bs,), device=device)
+        model = module.model.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        step = _step_fn(model, opt, xb, yb, device, precision.startswith("bf16"))
+        tm = interleaved({"model": step}, max(1, args.rounds // 2), 1, device)
+        model_rate = bs / tm["model"]["median"]
+        rows.append(
+            {
+                "section": "pipeline",
+                "config": cfg.name,
+                "loader": dm.loader,
+                "workers": dm.num_workers,
+                "data_img_s": data_rate,
+                "model_img_s": model_rate,
+                "precision": precision,
+                "data_over_model": data_rate / model_rate,
+            }
+        )
+        _print_row(rows[-1])
+    return rows
+
+
+def _print_row(r: dict) -> None:
+    cells = []
+    for k, v in r.items():
+        if k == "section":
+            continue
+        cells.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    print("  " + "  ".join(cells), flush=True)
+
+
+def print_tables(rows: list[dict]) -> None:
+    model = [r for r in rows if r["section"] == "model"]
+    if model:
+        print("\n## Our ViT vs timm (same arguments, same weights; ratio = timm time / our time, >= 1.0 is the target)")
+        print("| model | res | precision | mode | batch | ours img/s | timm img/s | ratio | ours MiB | timm MiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in model:
+            print(
+                f"| {r['model']} | {r['res']} | {r['precision']} | {r['mode']} | {r['batch']} | "
+                f"{r['ours_img_s']:.0f} | {r['timm_img_s']:.0f} | {r['speed_ratio']:.2f} | "
+                f"{r['ours_peak_mb']:.0f} | {r['timm_peak_mb']:.0f} |"
+            )
+    ex = [r for r in rows if r["section"] == "explain"]
+    if ex:
+        print(f"\n## Cost of explaining (ViT-Ti/16, 224 px, batch {ex[0]['batch']}, fp32; target <= 1.15x plain)")
+        print("| what | median ms | min ms | x plain forward | peak MiB |")
+        print("|---|---|---|---|---|")
+        for r in ex:
+            print(
+                f"| {r['what']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['x_plain']:.2f} | {r['peak_mb']:.0f} |"
+            )
+    pipe = [r for r in rows if r["section"] == "pipeline"]
+    if pipe:
+        print("\n## Input pipeline vs model (training, per shipped config; target: data >= 3x model)")
+        print("| config | loader | workers | data img/s | model img/s | precision | data / model |")
+        print("|---|---|---|---|---|---|---|")
+        for r in pipe:
+            print(
+                f"| {r['config']} | {r['loader']} | {r['workers']} | {r['data_img_s']:.0f} | "
+                f"{r['model_img_s']:.0f} | {r['precision']} | {r['data_over_model']:.1f} |"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer rounds and iterations (< 3 minutes on 2 CPU cores)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3 quick, 7 full)")
+    p.add_argument("--iters", type=int, default=None, help="calls per round (default 1 quick, 3 full)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-cifar", type=int, default=64)
+    p.add_argument("--batch-224", type=int, default=8)
+    p.add_argument("--explain-batch", type=int, default=8)
+    p.add_argument("--pipeline-batches", type=int, default=None)
+    p.add_argument("--data-root", default=None, help="folder with cifar10/ and imagenette-mini/ for the pipeline rows")
+    p.add_argument("--only", nargs="+", choices=["model", "explain", "pipeline"], default=None)
+    p.add_argument("--json", default="benchmark.json", help="where to write all rows")
+    args = p.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.iters = args.iters or (1 if args.quick else 3)
+    args.pipeline_batches = args.pipeline_batches or (10 if args.quick else 30)
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}); torch {torch.__version__}; threads: {threads}; rounds: {args.rounds}")
+    sections = args.only or ["model", "explain", "pipeline"]
+    rows: list[dict] = []
+    t0 = time.time()
+    if "model" in sections:
+        rows += model_rows(args, device)
+    if "explain" in sections:
+        rows += explain_rows(args, device)
+    if "pipeline" in sections:
+        rows += pipeline_rows(args, device)
+    print_tables(rows)
+    meta = {"device": str(device), "name": name, "threads": threads, "rounds": args.rounds, "seconds": time.time() - t0}
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\n{time.time() - t0:.0f} s; rows written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

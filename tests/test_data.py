@@ -1,0 +1,123 @@
+"""Datasets, transforms and loaders: synthetic shapes, class subsets, CIFAR, the in-memory loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit_app.data.datamodule import ViTDataModule
+from vit_app.data.folder import read_class_subset
+from vit_app.data.memory import TensorBatchLoader, random_crop_flip
+from vit_app.data.synthetic import SHAPES, SyntheticShapes, render_sample
+from vit_app.data.transforms import LimitAspect, build_eval_transform, eval_spec
+from vit_app.errors import ConfigError
+
+
+def test_synthetic_is_deterministic_and_has_masks() -> None:
+    a_img, a_lab, a_mask = render_sample(3, 17, 32)
+    b_img, b_lab, b_mask = render_sample(3, 17, 32)
+    assert np.array_equal(a_img, b_img) and a_lab == b_lab and np.array_equal(a_mask, b_mask)
+    c_img, _, _ = render_sample(4, 17, 32)
+    assert not np.array_equal(a_img, c_img)
+    assert a_img.shape == (32, 32, 3) and a_img.dtype == np.uint8 and a_mask.shape == (32, 32)
+    assert 0.05 < a_mask.mean() < 0.8  # an object, not the whole image
+
+
+def test_synthetic_classes_are_balanced_and_colour_carries_no_label() -> None:
+    ds = SyntheticShapes(1200, seed=0)
+    samples = [ds.sample(i) for i in range(1200)]
+    labels = np.array([lab for _, lab, _ in samples])
+    counts = np.bincount(labels, minlength=len(SHAPES))
+    assert counts.min() > 150  # ~200 each
+    colours = np.array([img[mask].mean(0) for img, _, mask in samples])  # mean object colour per image (0..255)
+    se = colours.std(0) / np.sqrt(counts.min())  # standard error of a class mean
+    for c in range(len(SHAPES)):
+        gap = np.abs(colours[labels == c].mean(0) - colours.mean(0))
+        assert (gap < 4.5 * se).all(), f"class {SHAPES[c]}: mean colour stands apart ({gap} vs se {se})"
+
+
+def test_mask_matches_where_the_object_was_drawn() -> None:
+    img, _, mask = render_sample(0, 5, 32)
+    bg_seed_only = render_sample(0, 5, 32)[0]
+    assert np.array_equal(img, bg_seed_only)
+    assert mask.sum() > 0 and (~mask).sum() > 0
+
+
+def test_class_subset_file(tmp_path: Path) -> None:
+    f = tmp_path / "subset.txt"
+    f.write_text("# imagenette\nn01440764\n\n n02102040  # springer\n")
+    assert read_class_subset(f) == ["n01440764", "n02102040"]
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(ConfigError, match="lists no classes"):
+        read_class_subset(tmp_path / "empty.txt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_class_subset(tmp_path / "missing.txt")
+
+
+def test_imagefolder_subset_from_real_tree(imagenette_root: Path, tmp_path: Path) -> None:
+    f = tmp_path / "subset.txt"
+    f.write_text("n03888257\nn01440764\n")
+    dm = ViTDataModule("imagefolder", root=str(imagenette_root), class_subset=str(f), num_workers=0)
+    assert dm.class_names == ["n01440764", "n03888257"] and dm.num_classes == 2
+    dm.setup()
+    assert len(dm.train_set) == 200 and len(dm.val_set) == 100
+    x, y = dm.train_set[150]
+    assert x.shape == (3, 224, 224) and y == 1
+    f.write_text("n01440764\nn99999999\n")
+    with pytest.raises(ConfigError, match="n99999999"):
+        ViTDataModule("imagefolder", root=str(imagenette_root), class_subset=str(f))
+
+
+def test_cifar10_real_data(cifar_root: Path) -> None:
+    dm = ViTDataModule("cifar10", root=str(cifar_root), num_workers=0, val_holdout=5000)
+    assert dm.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (45000, 5000, 10000)
+    x, y = dm.val_set[0]
+    assert x.shape == (3, 32, 32) and 0 <= y < 10
+
+
+def test_batched_crop_equals_per_image_crop() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(x, padding=2, generator=g, flip=False)
+    g2 = torch.Generator().manual_seed(0)
+    dy = torch.randint(0, 5, (6,), generator=g2)
+    dx = torch.randint(0, 5, (6,), generator=g2)
+    padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
+    for i in range(6):
+        assert torch.equal(out[i], padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8])
+
+
+def test_memory_loader_epochs_shards_and_normalisation() -> None:
+    imgs = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
+    labels = torch.arange(20)
+    mk = lambda: TensorBatchLoader(imgs, labels, 5, (0.0,) * 3, (1 / 255,) * 3, train=True, padding=0, flip=False)  # noqa: E731
+    a, b = mk(), mk()
+    ep0 = torch.cat([y for _, y in a])
+    assert sorted(ep0.tolist()) == list(range(20))
+    assert torch.equal(ep0, torch.cat([y for _, y in b]))  # reproducible
+    a.sampler.set_epoch(1)
+    assert not torch.equal(ep0, torch.cat([y for _, y in a]))  # each epoch reshuffles
+    x, y = next(iter(b))
+    torch.testing.assert_close(x[:, 0, 0, 0], y.float())  # pixel value = label; std 1/255 -> value
+    shards = []
+    for r in range(2):
+        s = mk()
+        s.rank, s.world_size = r, 2
+        shards.append(torch.cat([y for _, y in s]))
+    assert len(shards[0]) == len(shards[1]) == 10 and not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_eval_transform_and_extreme_aspect() -> None:
+    t = build_eval_transform(eval_spec(224, 0.875, (0.5,) * 3, (0.5,) * 3))
+    x = t(Image.new("RGB", (300, 200), (255, 0, 0)))
+    assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(x[0], torch.ones(224, 224))
+    wide = Image.new("RGB", (3000, 1))
+    assert LimitAspect()(wide).size == (4, 1)
+    assert t(wide).shape == (3, 224, 224)

@@ -1,0 +1,61 @@
+"""Optimiser groups, schedule, precision choice and the non-finite-loss guard."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vit_app.errors import ConfigError
+from vit_app.module import ViTClassifier, param_groups, warmup_cosine
+from vit_app.precision import choose_precision
+
+
+def test_warmup_cosine_values() -> None:
+    assert warmup_cosine(0, 10, 110) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 110) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 110) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110) == pytest.approx(0.5)
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(50, 10, 110, progress=0.5) == pytest.approx(0.5)  # time-based position
+    assert warmup_cosine(50, 10, 110, progress=2.0) == pytest.approx(0.0)
+
+
+def test_weight_decay_groups() -> None:
+    m = ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2).model
+    decay, no_decay = param_groups(m, 0.05)
+    names = {id(p): n for n, p in m.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "blocks.0.attn.qkv.bias"} <= nd
+    assert d == {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
+                 "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight", "head.weight"}  # fmt: skip
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_precision_choice_on_this_machine() -> None:
+    precision, reason = choose_precision("cpu")
+    assert precision in ("32-true", "bf16-mixed") and reason
+    if torch.cuda.is_available():
+        assert choose_precision("auto")[0] in ("bf16-mixed", "16-mixed")
+
+
+def test_model_preset_and_overrides() -> None:
+    m = ViTClassifier(arch="vit_cifar_tiny", num_classes=7, img_size=32, depth=2, class_token=False)
+    assert m.model_config["depth"] == 2 and m.model_config["global_pool"] == "avg"
+    assert m.model.head.out_features == 7
+    with pytest.raises(ConfigError, match="model.arch"):
+        ViTClassifier(arch="nope")
+    with pytest.raises(ConfigError, match="class_names"):
+        ViTClassifier(num_classes=3, class_names=["a", "b"])
+
+
+def test_non_finite_loss_stops_with_advice() -> None:
+    m = ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2)
+    with torch.no_grad():
+        m.model.head.weight.fill_(math.nan)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    m.log = lambda *a, **k: None  # no trainer attached
+    with pytest.raises(FloatingPointError, match="lower model.lr"):
+        m.training_step((x, y), 0)

@@ -1,0 +1,45 @@
+"""`vit-app predict`: LightningCLI predict over a folder or a split, through the prediction-writer callback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import CONFIGS
+from tests.odd_images import BROKEN, make_odd_images
+from vit_app.cli import build_cli
+
+TINY = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]  # as the tiny_ckpt fixture
+
+
+def _predict(tiny_ckpt: Path, tmp_path: Path, extra: list[str]) -> Path:
+    out = tmp_path / "pred"
+    args = ["predict", "--config", str(CONFIGS / "quickstart.yaml"), *TINY, "--ckpt_path", str(tiny_ckpt)]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    args += ["--predict_writer.output_dir", str(out), *extra]
+    build_cli(args)
+    return out
+
+
+def test_predict_folder_with_maps_reports_bad_files(tiny_ckpt: Path, tmp_path: Path) -> None:
+    make_odd_images(tmp_path / "imgs")
+    out = _predict(
+        tiny_ckpt, tmp_path, ["--data.predict_path", str(tmp_path / "imgs"), "--predict_writer.maps", "true"]
+    )
+    recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(recs) == 13
+    assert {Path(r["path"]).name for r in recs if "error" in r} == BROKEN
+    good = [r for r in recs if "error" not in r]
+    assert all(len(r["topk"]) == 5 for r in good)
+    maps = sorted((out / "maps").glob("*.npy"))
+    assert len(maps) == len(good) and np.load(maps[0]).shape == (4, 4)
+
+
+def test_predict_over_the_test_split_as_csv(tiny_ckpt: Path, tmp_path: Path) -> None:
+    extra = ["--data.synthetic_val_size", "40", "--predict_writer.format", "csv", "--predict_writer.topk", "2"]
+    out = _predict(tiny_ckpt, tmp_path, extra)
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("path,label_1,index_1,prob_1,label_2") and len(lines) == 41
+    assert lines[1].startswith("test/0,") and lines[40].startswith("test/39,")

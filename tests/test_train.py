@@ -1,0 +1,87 @@
+"""fast_dev_run on each dataset kind, and a checkpoint round trip: train, load for inference, same logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONFIGS
+from vit_app.cli import build_cli
+from vit_app.data.synthetic import SyntheticShapes
+from vit_app.inference import load_for_inference
+
+TINY = ["--model.embed_dim", "32", "--model.depth", "1", "--model.num_heads", "2"]
+
+
+def _fit(args: list[str], tmp_path: Path):
+    """`fit` with args (the --config first), then a tiny model and everything written under tmp_path."""
+    out = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    return build_cli(["fit", *args, *TINY, *out, "--trainer.enable_progress_bar", "false"])
+
+
+def _assert_trained(cli) -> None:
+    assert cli.trainer.global_step > 0
+    for p in cli.model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_fast_dev_run_synthetic(tmp_path: Path) -> None:
+    cli = _fit(["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.fast_dev_run", "2"], tmp_path)
+    _assert_trained(cli)
+    assert cli.model.class_names == list(SyntheticShapes.classes)
+
+
+@pytest.mark.slow
+def test_fast_dev_run_cifar10_real_data(cifar_root: Path, tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "cifar10.yaml"), "--data.root", str(cifar_root), "--data.num_workers", "0"]
+    cli = _fit([*args, "--trainer.fast_dev_run", "2", "--data.batch_size", "16"], tmp_path)
+    _assert_trained(cli)
+    assert cli.model.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert len(cli.datamodule.train_set) == 50_000 and len(cli.datamodule.val_set) == 10_000
+
+
+@pytest.mark.slow
+def test_fast_dev_run_cifar10_memory_loader(cifar_root: Path, tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "cifar10_cpu.yaml"), "--data.root", str(cifar_root)]
+    cli = _fit([*args, "--trainer.fast_dev_run", "2", "--data.batch_size", "16"], tmp_path)
+    _assert_trained(cli)
+
+
+@pytest.mark.slow
+def test_fast_dev_run_imagefolder_real_data(imagenette_root: Path, tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "imagenet_subset.yaml"), "--data.root", str(imagenette_root)]
+    args += ["--data.num_workers", "0", "--data.batch_size", "4", "--model.patch_size", "32"]
+    cli = _fit([*args, "--trainer.fast_dev_run", "2"], tmp_path)
+    _assert_trained(cli)
+    assert cli.datamodule.class_names[0] == "n01440764" and cli.datamodule.num_classes == 10
+    assert len(cli.datamodule.train_set) == 1000 and len(cli.datamodule.val_set) == 500
+
+
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "4"]  # one epoch, validated
+    args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "32", "--data.batch_size", "16"]
+    args += ["--model.ema_decay", "0.5"]  # inference must pick the EMA weights
+    cli = _fit(args, tmp_path)
+    ckpts = sorted(Path(tmp_path).rglob("*.ckpt"))
+    assert {p.name for p in ckpts} == {"best.ckpt", "last.ckpt"}
+    last = next(p for p in ckpts if p.name == "last.ckpt")
+
+    loaded = load_for_inference(last)  # no config, no CLI
+    assert not loaded.model.training
+    assert loaded.class_names == cli.datamodule.class_names
+    dm = cli.datamodule
+    img = dm.val_set.base[0][0]  # a PIL image
+    x_ref = dm.eval_transform(img)
+    torch.testing.assert_close(loaded.transform(img), x_ref)
+    x = torch.stack([dm.val_set[i][0] for i in range(8)])
+    module = cli.model.eval()
+    with torch.no_grad():
+        expected = module.model_ema.module(x)
+        got = loaded.model(x)
+        differs_from_raw = (module.model(x) - expected).abs().max().item()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert differs_from_raw > 0  # so the check above really tells EMA weights from raw ones
+    meta = loaded.metadata
+    assert meta["eval_transform"]["img_size"] == 32 and meta["eval_transform"]["mean"] == [0.5, 0.5, 0.5]

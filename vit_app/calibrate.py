@@ -1,0 +1,117 @@
+"""Trustworthy probabilities: fit a temperature on validation logits, report ECE, draw a reliability diagram."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vit_app.checkpoint import atomic_write, safe_load
+from vit_app.errors import CheckpointError, ConfigError
+from vit_app.inference import InferenceModel
+from vit_app.module import CHECKPOINT_KEY
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
+    """ECE: the bin-weighted gap between confidence and accuracy, over `bins` equal-width confidence bins."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs()
+    return float(ece)
+
+
+def fit_temperature(logits: Tensor, labels: Tensor) -> float:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) (LBFGS on log T)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def validation_batches(spec: str, im: InferenceModel, batch_size: int, limit: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, labels) batches of a validation split: 'synthetic', 'cifar10:ROOT', 'cifar100:ROOT' or 'folder:DIR'
+    (DIR/<class>/<image>, the checkpoint's class names)."""
+    from vit_app.data.folder import ImageFolderDataset
+    from vit_app.data.synthetic import SyntheticShapes
+
+    size = int(im.metadata["eval_transform"]["img_size"])
+    kind, _, root = spec.partition(":")
+    root = os.path.expanduser(root)
+    if kind == "synthetic":
+        ds = SyntheticShapes(limit, seed=2000, img_size=size)  # the DataModule's validation stream (seed 0)
+    elif kind in ("cifar10", "cifar100"):
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        ds = (CIFAR10 if kind == "cifar10" else CIFAR100)(root, train=False, download=False)
+    elif kind == "folder":
+        ds = ImageFolderDataset(root, im.class_names)
+    else:
+        raise ConfigError(f"--data {spec!r}: use synthetic, cifar10:ROOT, cifar100:ROOT or folder:DIR")
+    n = min(limit, len(ds))
+    for start in range(0, n, batch_size):
+        items = [ds[i] for i in range(start, min(n, start + batch_size))]
+        yield torch.stack([im.transform(img) for img, _ in items]), torch.tensor([y for _, y in items])
+
+
+@torch.no_grad()
+def collect_logits(im: InferenceModel, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    logits, labels = [], []
+    for x, y in batches:
+        logits.append(im.model(x.to(im.device)).float().cpu())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def reliability_diagram(before: Tensor, after: Tensor, labels: Tensor, path: str, t: float, bins: int = 15) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for ax, probs, title in ((axes[0], before, "before (T = 1)"), (axes[1], after, f"after (T = {t:.3f})")):
+        conf, pred = probs.max(dim=1)
+        correct = (pred == labels).float()
+        edges = torch.linspace(0, 1, bins + 1)
+        accs, mids, counts = [], [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = (conf > lo) & (conf <= hi)
+            mids.append(float((lo + hi) / 2))
+            accs.append(float(correct[sel].mean()) if sel.any() else 0.0)
+            counts.append(int(sel.sum()))
+        ax.bar(mids, accs, width=1 / bins, edgecolor="black", alpha=0.8, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+        ax.set_title(f"{title}: ECE {expected_calibration_error(probs, labels, bins):.4f}")
+        ax.set_xlabel("confidence")
+        ax.legend(loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def store_temperature(ckpt_path: str | os.PathLike, t: float, out: str | os.PathLike | None = None) -> Path:
+    """Write the temperature into the checkpoint's inference metadata (atomically; in place unless `out`)."""
+    ckpt = safe_load(ckpt_path)
+    if CHECKPOINT_KEY not in ckpt:
+        raise CheckpointError(f"{ckpt_path}: not a vit-app checkpoint")
+    ckpt[CHECKPOINT_KEY]["temperature"] = float(t)
+    target = Path(out or ckpt_path)
+    atomic_write(target, lambda f: torch.save(ckpt, f))
+    return target

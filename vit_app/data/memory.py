@@ -1,0 +1,122 @@
+"""In-memory uint8 datasets with batched augmentation: the whole set as one tensor, on the CPU or the GPU.
+
+Per-sample PIL transforms cost more than a small ViT's step on a laptop CPU, and starve a GPU; here a batch is cut
+from one (N, 3, H, W) uint8 tensor and augmented as a batch (random crop with padding, horizontal flip), then
+normalised, on whatever device the tensor lives on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vit_app.data.sampling import mix_seed
+
+
+def random_crop_flip(x: Tensor, padding: int, generator: torch.Generator | None = None, flip: bool = True) -> Tensor:
+    """Batched CIFAR augmentation on uint8 or float (B, C, H, W): reflect-pad, crop back at a random offset per
+    image, and mirror half of the images."""
+    B, C, H, W = x.shape
+    dev = x.device
+    if padding > 0:
+        xp = F.pad(x.float() if x.dtype == torch.uint8 else x, (padding,) * 4, mode="reflect").to(x.dtype)
+        dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(dev)
+        rows = (dy[:, None] + torch.arange(H, device=dev))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(W, device=dev))[:, None, :]  # (B, 1, W)
+        x = xp.permute(0, 2, 3, 1)[torch.arange(B, device=dev)[:, None, None], rows, cols]  # (B, H, W, C)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+    if flip:
+        mirror = (torch.rand(B, generator=generator) < 0.5).to(dev)[:, None, None, None]
+        x = torch.where(mirror, x.flip(-1), x)
+    return x.contiguous()
+
+
+class _EpochSetter:
+    def __init__(self, loader: TensorBatchLoader) -> None:
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.epoch = epoch
+
+
+class TensorBatchLoader:
+    """Iterate (images, labels) batches from uint8 images (N, C, H, W) and labels (N,), already on their device.
+
+    Each pass shuffles with a generator seeded by (seed, epoch), so a run is reproducible and every epoch differs;
+    Lightning sets the epoch through `loader.sampler.set_epoch`, as it does for a DistributedSampler.
+    `rank` / `world_size` give each process its own shard of every epoch's permutation (DDP).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        train: bool,
+        padding: int = 4,
+        flip: bool = True,
+        seed: int = 0,
+        drop_last: bool | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.train = batch_size, train
+        self.padding, self.flip, self.seed = padding, flip, seed
+        self.drop_last = train if drop_last is None else drop_last
+        dev = images.device
+        self.mean = torch.tensor(mean, device=dev).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=dev).view(1, -1, 1, 1) * 255.0
+        self.epoch = 0
+        self.rank, self.world_size = 0, 1
+        self.sampler = _EpochSetter(self)  # Lightning calls loader.sampler.set_epoch(epoch) before each epoch
+        self.batch_sampler = None  # Lightning inspects it; batching is ours
+        self._taken = 0
+        self._resume: tuple[int, int] | None = None
+
+    def _per_rank(self) -> int:
+        n = len(self.labels)
+        return n // self.world_size if self.train else -(-n // self.world_size)
+
+    def _indices(self) -> Tensor:
+        n = len(self.labels)
+        if not self.train:
+            idx = torch.arange(n)
+        else:
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
+        per = self._per_rank()
+        return idx[self.rank * per : (self.rank + 1) * per]
+
+    def __len__(self) -> int:
+        per = self._per_rank()
+        n = max(0, min(per, len(self.labels) - self.rank * per))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self._indices().to(self.images.device)
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]  # a resumed run: skip the batches this epoch already trained on
+        self._resume = None
+        g = torch.Generator()
+        for b in range(start, len(self)):
+            self._taken = b + 1
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images[sel]
+            if self.train:
+                g.manual_seed(mix_seed(self.seed, self.epoch, b))  # each batch's augmentation from (seed, epoch, b)
+                x = random_crop_flip(x, self.padding, g, self.flip)
+            yield (x.float() - self.mean) / self.std, self.labels[sel]
+
+    def state_dict(self) -> dict[str, int]:
+        """Lightning saves this in mid-epoch checkpoints: the epoch and the batches already handed out."""
+        return {"epoch": self.epoch, "batches": self._taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))

@@ -1,0 +1,169 @@
+"""`vit-app attention`: for each image an overlay PNG, the raw map as .npy and, on request, layer and head grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vit_app.explain.engine import Explanation, Method, explain
+from vit_app.explain.overlay import grid, model_view, overlay, tile
+from vit_app.explain.rollout import HeadFusion
+from vit_app.inference import InferenceModel
+from vit_app.inputs import Item, expand_inputs, iter_batches, stack_ok
+
+PROGRESS_MIN_IMAGES = 16
+
+
+def resolve_class(spec: str | None, class_names: list[str]) -> int | None:
+    """A class given by name or index -> its index (None stays None)."""
+    if spec is None:
+        return None
+    if spec in class_names:
+        return class_names.index(spec)
+    if spec.lstrip("-").isdigit() and 0 <= int(spec) < len(class_names):
+        return int(spec)
+    raise ValueError(f"--class {spec!r}: not a class name or index of this model ({len(class_names)} classes)")
+
+
+class _Names:
+    """Output file stems: the image's stem, made unique within the run ('cat', 'cat-2', ...)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, path: str) -> str:
+        stem = Path(path).stem or "image"
+        name, n = stem, 1
+        while name in self.used:
+            n += 1
+            name = f"{stem}-{n}"
+        self.used.add(name)
+        return name
+
+
+def _label(im: InferenceModel, probs: torch.Tensor, target: int, method: str) -> str:
+    pred = int(probs.argmax())
+    text = f"{im.class_names[pred]} {float(probs[pred]):.1%}"
+    if method == "grad-rollout" and target != pred:
+        text += f" | map: {im.class_names[target]}"
+    return text
+
+
+def write_one(
+    im: InferenceModel,
+    item: Item,
+    ex: Explanation,
+    i: int,
+    out_dir: Path,
+    stem: str,
+    method: str,
+    layer: int,
+) -> dict[str, Any]:
+    """Write the files of batch element i; return its index record."""
+    assert item.image is not None
+    m = ex.maps[i].float().cpu().numpy()
+    spec = im.metadata["eval_transform"]
+    probs, target = ex.probs[i].cpu(), int(ex.target[i])
+    text = _label(im, probs, target, method)
+    files = {"overlay": f"{stem}.png", "map": f"{stem}.npy", "input": f"{stem}_input.jpg"}
+    overlay(item.image, m, text, spec).save(out_dir / files["overlay"])
+    model_view(item.image, spec).save(out_dir / files["input"], quality=90)
+    np.save(out_dir / files["map"], m.astype(np.float32))
+    if ex.layers is not None:
+        view = model_view(item.image, spec, 160)
+        tiles = [tile(view, lm[i].cpu().numpy(), f"after layer {j}") for j, lm in enumerate(ex.layers)]
+        files["layers"] = f"{stem}_layers.png"
+        grid(tiles, cols=min(len(tiles), 6), title=f"rollout after each layer: {text}").save(out_dir / files["layers"])
+    if ex.heads is not None:
+        view = model_view(item.image, spec, 160)
+        hm = ex.heads[i].cpu().numpy()
+        tiles = [tile(view, hm[h], f"head {h}") for h in range(hm.shape[0])]
+        files["heads"] = f"{stem}_heads.png"
+        grid(tiles, cols=min(len(tiles), 6), title=f"layer {layer} heads: {text}").save(out_dir / files["heads"])
+    pred = int(probs.argmax())
+    top_p, top_i = probs.topk(min(5, probs.numel()))
+    return {
+        "path": item.path,
+        "label": im.class_names[pred],
+        "index": pred,
+        "prob": round(float(probs[pred]), 6),
+        "explained_class": im.class_names[target],
+        "topk": [{"label": im.class_names[int(j)], "prob": round(float(q), 6)} for q, j in zip(top_p, top_i)],
+        "method": method,
+        **files,
+    }
+
+
+def run_attention(
+    im: InferenceModel,
+    inputs: Iterable[str],
+    out_dir: str | os.PathLike,
+    method: Method = "rollout",
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+    layer: int = -1,
+    target_class: str | None = None,
+    with_layers: bool = False,
+    with_heads: bool = False,
+    batch_size: int = 16,
+    err: IO[str] | None = None,
+    html: bool = False,
+) -> tuple[int, int]:
+    """Explain every input into out_dir (plus index.jsonl, one record an image); returns (done, failed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = resolve_class(target_class, im.class_names)
+    err = err if err is not None else sys.stderr
+    paths, missing = expand_inputs(inputs)
+    names = _Names()
+    done = failed = 0
+    temperature = float(im.metadata.get("temperature", 1.0))
+    with open(out / "index.jsonl", "w") as index:
+
+        def record(rec: dict[str, Any]) -> None:
+            index.write(json.dumps(rec) + "\n")
+            index.flush()
+
+        def report(item: Item) -> None:
+            nonlocal failed
+            failed += 1
+            record({"path": item.path, "error": item.error})
+            err.write(f"vit-app attention: {item.path}: {item.error}\n")
+
+        for item in missing:
+            report(item)
+        bar = tqdm(total=len(paths), unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES, file=err, leave=False)
+        for items in iter_batches(paths, im.transform, batch_size):
+            ok, x = stack_ok(items)
+            ex = None
+            if x is not None:
+                ex = explain(
+                    im.model, x.to(im.device), method, head_fusion, discard_ratio, layer, target,
+                    with_layers, with_heads, temperature,
+                )  # fmt: skip
+            pos = {id(it): i for i, it in enumerate(ok)}
+            for item in items:
+                if item.error is not None or ex is None:
+                    report(item)
+                    continue
+                try:
+                    record(write_one(im, item, ex, pos[id(item)], out, names(item.path), method, layer))
+                    done += 1
+                except OSError as e:
+                    item.error = f"cannot write output: {e}"
+                    report(item)
+            bar.update(len(items))
+        bar.close()
+    if html:
+        from vit_app.explain.report import write_report
+
+        write_report(out)
+    return done, failed

@@ -1,0 +1,154 @@
+"""Attention rollout and its relatives: pure functions on the attention maps the model returns.
+
+Nothing here knows about nn.Module. Every function is batched (each image gets its own discard) and runs on
+whatever device its inputs are on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+HeadFusion = Literal["mean", "max", "min"]
+
+
+def fuse_heads(attn: Tensor, head_fusion: HeadFusion = "mean") -> Tensor:
+    """(B, heads, T, T) -> (B, T, T) by mean, max or min over heads."""
+    if head_fusion == "mean":
+        return attn.mean(dim=1)
+    if head_fusion == "max":
+        return attn.amax(dim=1)
+    if head_fusion == "min":
+        return attn.amin(dim=1)
+    raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+
+
+def discard_lowest(attn: Tensor, ratio: float, num_prefix_tokens: int) -> Tensor:
+    """Zero the `ratio` lowest entries of each image's (T, T) map separately. Entries in a prefix (class) token's
+    row or column are never dropped."""
+    if ratio <= 0:
+        return attn
+    if not 0 <= ratio < 1:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {ratio}")
+    B, T, _ = attn.shape
+    P = num_prefix_tokens
+    protected = torch.zeros(T, T, dtype=torch.bool, device=attn.device)
+    protected[:P, :] = True
+    protected[:, :P] = True
+    k = int((T - P) * (T - P) * ratio)
+    if k == 0:
+        return attn
+    candidates = attn.masked_fill(protected, math.inf).reshape(B, T * T)  # protected entries are never the lowest
+    drop = candidates.topk(k, dim=1, largest=False).indices  # (B, k), per image
+    return attn.reshape(B, T * T).scatter(1, drop, 0.0).reshape(B, T, T)
+
+
+def _grid(num_patches: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    if grid is not None:
+        if grid[0] * grid[1] != num_patches:
+            raise ValueError(f"grid {grid} does not hold {num_patches} patch tokens")
+        return grid
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patch tokens do not form a square grid; pass grid=(h, w)")
+    return side, side
+
+
+def normalize_layer(fused: Tensor, discard_ratio: float, num_prefix_tokens: int) -> Tensor:
+    """One layer's (B, T, T) map made ready for rollout: discard, 0.5 A + 0.5 I, rows renormalised to sum to 1."""
+    a = discard_lowest(fused.float(), discard_ratio, num_prefix_tokens)
+    a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    return a / a.sum(dim=-1, keepdim=True)
+
+
+def rollout_layers(layers: Sequence[Tensor], num_prefix_tokens: int, grid: tuple[int, int] | None = None) -> Tensor:
+    """The read-out row of the product A_L ... A_1 of normalised layers (first layer first) -> (B, grid_h, grid_w).
+
+    The read-out is the class token's row, or the mean of the patch rows without a class token. Only that row is
+    needed, so it is carried from the last layer back as a vector: L vector-matrix products, O(L T^2), instead of
+    the O(L T^3) of multiplying the full matrices; the result is the same product."""
+    if not layers:
+        raise ValueError("rollout needs at least one attention map")
+    B, T, _ = layers[0].shape
+    P = num_prefix_tokens
+    gh, gw = _grid(T - P, grid)
+    v = torch.zeros(B, 1, T, device=layers[0].device, dtype=layers[0].dtype)
+    if P > 0:
+        v[:, 0, 0] = 1.0  # class token row
+    else:
+        v[:, 0, :] = 1.0 / T  # mean over the patch rows (no prefix tokens: every row is a patch)
+    for a in reversed(layers):
+        v = v @ a  # (B, 1, T)
+    return v[:, 0, P:].reshape(B, gh, gw)
+
+
+def _fused(attn: Tensor, head_fusion: HeadFusion) -> Tensor:
+    """(B, heads, T, T) -> (B, T, T); maps already fused (B, T, T) pass through."""
+    return attn if attn.ndim == 3 else fuse_heads(attn, head_fusion)
+
+
+def attention_rollout(
+    attentions: Sequence[Tensor],
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+    num_prefix_tokens: int = 1,
+    grid: tuple[int, int] | None = None,
+) -> Tensor:
+    """Attention rollout (Abnar & Zuidema 2020) of per-layer maps (B, heads, T, T) or head-fused (B, T, T), first
+    layer first.
+
+    Fuse heads, drop the lowest `discard_ratio` of each image's attentions (never the class token's), take
+    0.5 A + 0.5 I, renormalise rows, multiply from the first layer to the last, and read the class-token row (the
+    mean of the patch rows without a class token). Returns (B, grid_h, grid_w).
+    """
+    if not attentions:
+        raise ValueError("attention_rollout needs at least one attention map")
+    layers = [normalize_layer(_fused(a, head_fusion), discard_ratio, num_prefix_tokens) for a in attentions]
+    return rollout_layers(layers, num_prefix_tokens, grid)
+
+
+def grad_rollout(
+    attentions: Sequence[Tensor],
+    gradients: Sequence[Tensor],
+    discard_ratio: float = 0.0,
+    num_prefix_tokens: int = 1,
+    grid: tuple[int, int] | None = None,
+) -> Tensor:
+    """Class-specific rollout: each layer's attention is weighted by the gradient of the class score with respect
+    to that same map (gradients[i] belongs to attentions[i]), averaged over heads, its positive part kept, then
+    rolled out as in `attention_rollout`. Returns (B, grid_h, grid_w)."""
+    if len(attentions) != len(gradients):
+        raise ValueError(f"{len(attentions)} attention maps but {len(gradients)} gradients")
+    layers = []
+    for attn, grad in zip(attentions, gradients):
+        if attn.shape != grad.shape:
+            raise ValueError(f"gradient shape {tuple(grad.shape)} does not match its attention {tuple(attn.shape)}")
+        weighted = (attn.float() * grad.float()).mean(dim=1).clamp_min(0.0)  # (B, T, T)
+        layers.append(normalize_layer(weighted, discard_ratio, num_prefix_tokens))
+    return rollout_layers(layers, num_prefix_tokens, grid)
+
+
+def layer_rollouts(
+    attentions: Sequence[Tensor],
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+    num_prefix_tokens: int = 1,
+    grid: tuple[int, int] | None = None,
+) -> list[Tensor]:
+    """The rollout after each layer (the last one equals `attention_rollout`): a list of (B, grid_h, grid_w)."""
+    layers = [normalize_layer(_fused(a, head_fusion), discard_ratio, num_prefix_tokens) for a in attentions]
+    return [rollout_layers(layers[: i + 1], num_prefix_tokens, grid) for i in range(len(layers))]
+
+
+def head_maps(attention: Tensor, num_prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> Tensor:
+    """One layer's raw per-head maps (B, heads, T, T) -> (B, heads, grid_h, grid_w): the class token's attention
+    to the patches, or the mean patch row without a class token."""
+    B, H, T, _ = attention.shape
+    P = num_prefix_tokens
+    gh, gw = _grid(T - P, grid)
+    rows = attention[:, :, 0, P:] if P > 0 else attention[:, :, P:, P:].mean(dim=2)  # (B, H, N)
+    return rows.reshape(B, H, gh, gw)

@@ -1,0 +1,99 @@
+"""Turn command-line PATH arguments (files, folders, glob patterns) into images, batch by batch, with errors kept."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from vit_app.data.images import ImageLoadError, is_image_file, load_image
+
+
+@dataclass
+class Item:
+    """One input: its path and, once loaded, the image and model tensor, or the reason it failed."""
+
+    path: str
+    image: Image.Image | None = None
+    tensor: torch.Tensor | None = None
+    error: str | None = None
+
+
+def expand_inputs(args: Iterable[str]) -> tuple[list[str], list[Item]]:
+    """(image paths in a deterministic order, failed items for arguments that match nothing).
+
+    Files are taken as given (whatever their extension: a bad file is reported, not skipped); folders are searched
+    recursively for image extensions, sorted; glob patterns expand sorted. Duplicates are kept once."""
+    paths: list[str] = []
+    missing: list[Item] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        if p not in seen:
+            seen.add(p)
+            paths.append(p)
+
+    for arg in args:
+        if os.path.isdir(arg):
+            found = []
+            for dirpath, dirnames, filenames in os.walk(arg, followlinks=True):
+                dirnames.sort()
+                found += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
+            for p in sorted(found):
+                add(p)
+        elif os.path.exists(arg) or os.path.islink(arg):
+            add(arg)
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            files = [m for m in matches if os.path.isfile(m)]
+            if not files:
+                missing.append(Item(arg, error="no files match this pattern"))
+            for p in files:
+                add(p)
+        else:
+            missing.append(Item(arg, error="no such file or folder"))
+    return paths, missing
+
+
+def load_items(
+    paths: list[str], transform: Callable[[Image.Image], torch.Tensor], pool: ThreadPoolExecutor | None = None
+) -> list[Item]:
+    """Load and transform each path; a failure becomes an Item with `error` set, never an exception."""
+
+    def one(p: str) -> Item:
+        try:
+            img = load_image(p)
+            return Item(p, img, transform(img))
+        except ImageLoadError as e:
+            return Item(p, error=str(e).removeprefix(f"{p}: "))
+        except Exception as e:  # a transform failing on an odd image must not end the run
+            return Item(p, error=f"{type(e).__name__}: {e}")
+
+    return list(pool.map(one, paths)) if pool is not None else [one(p) for p in paths]
+
+
+def iter_batches(
+    paths: list[str], transform: Callable[[Image.Image], torch.Tensor], batch_size: int, workers: int = 2
+) -> Iterator[list[Item]]:
+    """Yield lists of loaded Items, `batch_size` paths at a time (the next batch decodes while this one runs)."""
+    if not paths:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        pending = pool.submit(load_items, chunks[0], transform)
+        for i in range(len(chunks)):
+            items = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(load_items, chunks[i + 1], transform)
+            yield items
+
+
+def stack_ok(items: list[Item]) -> tuple[list[Item], torch.Tensor | None]:
+    """The items that loaded and their tensors stacked (B, C, H, W), or None when none did."""
+    ok = [it for it in items if it.error is None and it.tensor is not None]
+    return ok, (torch.stack([it.tensor for it in ok]) if ok else None)  # type: ignore[misc]
