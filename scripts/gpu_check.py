@@ -64,8 +64,6 @@ def throughput(name: str, compiled: bool, batch: int, rounds: int, iters: int) -
     row = {"model": name, "compiled": compiled, "batch": batch}
     row["train_img_s"] = batch / timed(train, rounds, iters)
     row["infer_img_s"] = batch / timed(infer, rounds, iters)
-    del model, fwd, opt
-    torch.cuda.empty_cache()
     return row
 
 
@@ -121,6 +119,7 @@ def main() -> None:
     for name in ("vit_small_patch16_224", "vit_base_patch16_224"):
         for compiled in (False, True):
             rows.append(throughput(name, compiled, args.batch, rounds, iters))
+            torch.cuda.empty_cache()
             r = rows[-1]
             print(f"{name:24s} {'compiled' if compiled else 'eager':8s} train {r['train_img_s']:8.0f} img/s   "
                   f"infer {r['infer_img_s']:8.0f} img/s", flush=True)  # fmt: skip
