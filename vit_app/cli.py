@@ -107,7 +107,7 @@ class ViTCLI(LightningCLI):
         example = None
         if single and isinstance(self.datamodule, ViTDataModule):
             s = self.datamodule.img_size
-            example = torch.randn(min(self.datamodule.batch_size, 16), 3, s, s)
+            example = torch.randn(self.datamodule.batch_size, 3, s, s)  # the probe takes what fits its time budget
         precision, reason = choose_precision(trainer_cfg.get("accelerator"), self.model.model, example)
         rank_zero_info(f"vit-app: precision {precision} (auto: {reason}; set trainer.precision to choose)")
         return precision
@@ -263,6 +263,7 @@ def cmd_explain_eval(argv: list[str]) -> int:
     p.add_argument("--methods", nargs="+", default=["rollout", "grad-rollout", "attention"], help="methods to score")
     p.add_argument("--steps", type=int, default=16, help="points on each deletion/insertion curve")
     p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout discard ratio")
+    p.add_argument("--layer", type=int, default=-1, help="the layer whose raw maps --methods attention scores")
     p.add_argument("--out", default="explain_eval", help="folder for explain_eval.png and explain_eval.json")
     args = p.parse_args(argv)
     from vit_app.explain.evaluate import run_explain_eval
@@ -270,7 +271,15 @@ def cmd_explain_eval(argv: list[str]) -> int:
     im = _load(args)
     try:
         table = run_explain_eval(
-            im, args.data, args.num_images, args.methods, args.steps, args.discard_ratio, args.out, args.batch_size
+            im,
+            args.data,
+            args.num_images,
+            args.methods,
+            args.steps,
+            args.discard_ratio,
+            args.out,
+            args.batch_size,
+            args.layer,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -26,9 +26,12 @@ def time_train_step(model: nn.Module, x: torch.Tensor, bf16: bool) -> float:
     return time.perf_counter() - t
 
 
-def cpu_bf16_speedup(model: nn.Module, x: torch.Tensor, rounds: int = 3) -> float:
-    """Median fp32 time / median bf16 time of a training step, measured interleaved on a copy of `model`."""
+def cpu_bf16_speedup(model: nn.Module, x: torch.Tensor, rounds: int = 3, step_budget_s: float = 0.4) -> float:
+    """Median fp32 time / median bf16 time of a training step, measured interleaved on a copy of `model`, on as
+    much of the batch `x` as fits a step of about `step_budget_s` (small batches understate bf16's gain)."""
     probe = copy.deepcopy(model).train()
+    per_image = time_train_step(probe, x[:4], False) / 4  # first call: also warms up
+    x = x[: int(min(len(x), max(4, step_budget_s / max(per_image, 1e-6))))]
     for bf16 in (False, True):  # warm-up both paths (the first call of each pays for kernel selection)
         time_train_step(probe, x, bf16)
     fp32, bf16 = [], []

@@ -8,6 +8,8 @@ carries no class information. Every sample also has its object mask, for judging
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -116,6 +118,14 @@ def render_sample(seed: int, index: int, size: int = 32) -> tuple[np.ndarray, in
     return img_u8, label, cover > 0.5
 
 
+def _render_chunk(seed: int, start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.empty((stop - start, size, size, 3), dtype=np.uint8)
+    labels = np.empty(stop - start, dtype=np.int64)
+    for j, i in enumerate(range(start, stop)):
+        images[j], labels[j], _ = render_sample(seed, i, size)
+    return images, labels
+
+
 class SyntheticShapes(Dataset):
     """`length` deterministic samples of the shapes stream `seed`; items are (PIL image, label)."""
 
@@ -135,12 +145,15 @@ class SyntheticShapes(Dataset):
         return render_sample(self.seed, index, self.img_size)
 
     def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All images (N, H, W, 3) uint8 and labels (N,), rendered once."""
-        images = np.empty((self.length, self.img_size, self.img_size, 3), dtype=np.uint8)
-        labels = np.empty(self.length, dtype=np.int64)
-        for i in range(self.length):
-            images[i], labels[i], _ = self.sample(i)
-        return images, labels
+        """All images (N, H, W, 3) uint8 and labels (N,), rendered once (in parallel over the CPU cores)."""
+        chunks = [range(i, min(self.length, i + 2048)) for i in range(0, self.length, 2048)]
+        workers = min(len(chunks), os.cpu_count() or 1)
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.starmap(_render_chunk, [(self.seed, r.start, r.stop, self.img_size) for r in chunks])
+        else:
+            parts = [_render_chunk(self.seed, r.start, r.stop, self.img_size) for r in chunks]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def __getitem__(self, index: int):
         if index not in self._cache:  # rendering costs ~0.2 ms; each worker keeps what it has drawn

@@ -98,6 +98,7 @@ def evaluate_maps(
     steps: int = 16,
     discard_ratio: float = 0.0,
     seed: int = 0,
+    layer: int = -1,
 ) -> dict[str, MethodScores]:
     """Score every method (and a 'random' map) over batches of (normalised images, object masks or None)."""
     scores = {m: MethodScores() for m in [*methods, "random"]}
@@ -114,7 +115,7 @@ def evaluate_maps(
             elif name == "rollout":
                 maps = base.maps
             else:
-                maps = explain(model, x, name, discard_ratio=discard_ratio, target=None).maps  # type: ignore[arg-type]
+                maps = explain(model, x, name, discard_ratio=discard_ratio, layer=layer).maps  # type: ignore[arg-type]
             s = scores[name]
             if masks is not None:
                 hit, mass = pointing_and_mass(maps.cpu(), cell_coverage(masks, grid))  # type: ignore[arg-type]
@@ -226,13 +227,14 @@ def run_explain_eval(
     discard_ratio: float,
     out_dir: str,
     batch_size: int,
+    layer: int = -1,
 ) -> str:
     """Score the methods on `data`; write explain_eval.png / .json into out_dir and return the printed table."""
     import json
     from pathlib import Path
 
     batches, description = _load_data(data, im, n, batch_size)
-    scores = evaluate_maps(im.model, batches, methods, steps, discard_ratio)
+    scores = evaluate_maps(im.model, batches, methods, steps, discard_ratio, layer=layer)
     results = {k: v.summary() for k, v in scores.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

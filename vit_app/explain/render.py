@@ -87,7 +87,8 @@ def write_one(
         hm = ex.heads[i].cpu().numpy()
         tiles = [tile(view, hm[h], f"head {h}") for h in range(hm.shape[0])]
         files["heads"] = f"{stem}_heads.png"
-        grid(tiles, cols=min(len(tiles), 6), title=f"layer {layer} heads: {text}").save(out_dir / files["heads"])
+        shown = layer % len(im.model.blocks)  # -1 -> the last block's index
+        grid(tiles, cols=min(len(tiles), 6), title=f"layer {shown} heads: {text}").save(out_dir / files["heads"])
     pred = int(probs.argmax())
     top_p, top_i = probs.topk(min(5, probs.numel()))
     return {
