@@ -48,7 +48,15 @@ def _rss_peak_kb() -> int:
 
 
 def _reset_peak() -> int:
-    """Reset the peak-RSS counter (Linux) and return the current RSS in kB."""
+    """Give freed heap memory back to the OS, reset the peak-RSS counter (Linux), return the current RSS in kB."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # else the step reuses pages already counted as resident
+    except OSError:
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -239,12 +247,25 @@ def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 print(f"  ({cfg.name}: no {root}, skipped)")
                 continue
             extra = ["--data.root", str(root)]
+        if kind == "synthetic" and args.quick:  # rendering 40k images is not what is measured; the rate is per batch
+            extra += ["--data.synthetic_train_size", "4096"]
+        extra += ["--model.pretrained", "null"]  # the architecture is what counts here; no hub download
+        extra += ["--trainer.precision", "32-true"]  # skip the trainer's probe: the precision is decided below
         cli = build_cli(["--config", str(cfg), *extra, "--trainer.logger", "false"], run=False)
         dm, module = cli.datamodule, cli.model
         dm.setup("fit")
         loader = dm.train_dataloader()
         n_batches = args.pipeline_batches
-        it = iter(loader)
+
+        def batches(loader=loader):  # as many epochs as it takes (imagenette-mini has 7 batches an epoch)
+            epoch = 0
+            while True:
+                if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                    loader.sampler.set_epoch(epoch)
+                yield from loader
+                epoch += 1
+
+        it = batches()
         next(it)  # start workers / warm caches
         t = time.perf_counter()
         seen = 0
@@ -252,14 +273,13 @@ def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
             x, _ = next(it)
             seen += x.shape[0]
         data_rate = seen / (time.perf_counter() - t)
-        del it
-        precision = cli.config.get("trainer", {}).get("precision")
-        if precision is None:
-            from vit_app.precision import choose_precision
+        it.close()
+        precision = (yaml.safe_load(cfg.read_text()).get("trainer") or {}).get("precision")
+        if precision is None:  # what auto picks where bf16 pays off (the probe itself is skipped here)
+            from vit_app.precision import cpu_supports_bf16
 
-            s = dm.img_size
-            precision, _ = choose_precision("auto", module.model, torch.randn(min(dm.batch_size, 64), 3, s, s))
-        bs = dm.batch_size
+            precision = "bf16-mixed" if device.type == "cuda" or cpu_supports_bf16() else "32-true"
+        bs = min(dm.batch_size, args.pipeline_model_batch)  # img/s barely depends on the batch at these sizes
         xb = torch.randn(bs, 3, dm.img_size, dm.img_size, device=device)
         yb = torch.randint(0, dm.num_classes, (bs,), device=device)
         model = module.model.to(device)
@@ -328,7 +348,7 @@ def print_tables(rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and iterations (< 3 minutes on 2 CPU cores)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3 quick, 7 full)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5 quick, 7 full)")
     p.add_argument("--iters", type=int, default=None, help="calls per round (default 1 quick, 3 full)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -336,13 +356,17 @@ def main() -> None:
     p.add_argument("--batch-224", type=int, default=8)
     p.add_argument("--explain-batch", type=int, default=8)
     p.add_argument("--pipeline-batches", type=int, default=None)
+    p.add_argument("--pipeline-model-batch", type=int, default=32, help="batch for the model side of pipeline rows")
     p.add_argument("--data-root", default=None, help="folder with cifar10/ and imagenette-mini/ for the pipeline rows")
     p.add_argument("--only", nargs="+", choices=["model", "explain", "pipeline"], default=None)
     p.add_argument("--json", default="benchmark.json", help="where to write all rows")
     args = p.parse_args()
-    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.rounds = args.rounds or (5 if args.quick else 7)
     args.iters = args.iters or (1 if args.quick else 3)
-    args.pipeline_batches = args.pipeline_batches or (10 if args.quick else 30)
+    args.pipeline_batches = args.pipeline_batches or (4 if args.quick else 30)
+    if args.quick:  # smaller batches, more rounds: the medians are steadier on a noisy machine
+        args.batch_224 = min(args.batch_224, 4)
+        args.batch_cifar = min(args.batch_cifar, 32)
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = torch.device(args.device)

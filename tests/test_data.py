@@ -113,6 +113,23 @@ def test_memory_loader_epochs_shards_and_normalisation() -> None:
     assert len(shards[0]) == len(shards[1]) == 10 and not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
+def test_memory_loader_shards_see_what_one_process_sees() -> None:
+    # DDP with 2 ranks x batch 4 must hand out the same images, augmented the same way, as 1 process x batch 8.
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.randint(0, 256, (33, 3, 6, 6), dtype=torch.uint8, generator=g)
+    labels = torch.arange(33)
+    mk = lambda bs: TensorBatchLoader(imgs, labels, bs, (0.5,) * 3, (0.25,) * 3, train=True, padding=2, seed=3)  # noqa: E731
+    one = mk(8)
+    ranks = [mk(4), mk(4)]
+    for r, s in enumerate(ranks):
+        s.rank, s.world_size = r, 2
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 4
+    for (x, y), (x0, y0), (x1, y1) in zip(one, *ranks, strict=True):
+        order = torch.argsort(torch.cat([y0, y1]))
+        torch.testing.assert_close(torch.cat([x0, x1])[order], x[torch.argsort(y)])
+        assert torch.equal(torch.cat([y0, y1])[order], y.sort().values)
+
+
 def test_eval_transform_and_extreme_aspect() -> None:
     t = build_eval_transform(eval_spec(224, 0.875, (0.5,) * 3, (0.5,) * 3))
     x = t(Image.new("RGB", (300, 200), (255, 0, 0)))
@@ -121,3 +138,27 @@ def test_eval_transform_and_extreme_aspect() -> None:
     wide = Image.new("RGB", (3000, 1))
     assert LimitAspect()(wide).size == (4, 1)
     assert t(wide).shape == (3, 224, 224)
+
+
+def test_rand_augment_never_asks_pillow_for_zero_posterize_bits() -> None:
+    from vit_app.data.transforms import build_train_transform
+
+    t = build_train_transform(32, (0.5,) * 3, (0.5,) * 3, "pad", rand_augment="rand-m9-mstd0.5-inc1")
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    import random
+
+    random.seed(0)
+    outs = [t(img) for _ in range(1500)]  # timm's own posterize ops fail within a few hundred draws on Pillow 13
+    assert all(o.shape == (3, 32, 32) and torch.isfinite(o).all() for o in outs)
+
+
+def test_memory_loader_evaluates_the_same_tensors_as_the_eval_transform() -> None:
+    kw = dict(dataset="synthetic", img_size=32, batch_size=8, synthetic_train_size=16, synthetic_val_size=8)
+    mem, ref = ViTDataModule(**kw, loader="memory"), ViTDataModule(**kw, loader="torch")
+    mem.setup("fit")
+    ref.setup("fit")
+    x_mem, y_mem = next(iter(mem.val_dataloader()))
+    x_ref, y_ref = next(iter(ref.val_dataloader()))
+    assert torch.equal(y_mem, y_ref)
+    torch.testing.assert_close(x_mem, x_ref, atol=1e-6, rtol=0)

@@ -62,7 +62,7 @@ def test_fast_dev_run_imagefolder_real_data(imagenette_root: Path, tmp_path: Pat
 def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
     args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "4"]  # one epoch, validated
     args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "32", "--data.batch_size", "16"]
-    args += ["--model.ema_decay", "0.5"]  # inference must pick the EMA weights
+    args += ["--model.ema_decay", "0.5", "--data.loader", "torch"]  # inference must pick the EMA weights
     cli = _fit(args, tmp_path)
     ckpts = sorted(Path(tmp_path).rglob("*.ckpt"))
     assert {p.name for p in ckpts} == {"best.ckpt", "last.ckpt"}

@@ -16,21 +16,33 @@ from torch import Tensor
 from vit_app.data.sampling import mix_seed
 
 
-def random_crop_flip(x: Tensor, padding: int, generator: torch.Generator | None = None, flip: bool = True) -> Tensor:
+def random_crop_flip(
+    x: Tensor,
+    padding: int,
+    generator: torch.Generator | None = None,
+    flip: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
     """Batched CIFAR augmentation on uint8 or float (B, C, H, W): reflect-pad, crop back at a random offset per
-    image, and mirror half of the images."""
+    image, and mirror half of the images.
+
+    The random draws are made for a global batch of B * world_size images and this process takes every
+    world_size-th from `rank`, so a DDP run augments each image exactly as one process with the whole batch would.
+    """
     B, C, H, W = x.shape
     dev = x.device
+    pick = slice(rank, None, world_size)
     if padding > 0:
         xp = F.pad(x.float() if x.dtype == torch.uint8 else x, (padding,) * 4, mode="reflect").to(x.dtype)
-        dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(dev)
+        dy = torch.randint(0, 2 * padding + 1, (B * world_size,), generator=generator)[pick].to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (B * world_size,), generator=generator)[pick].to(dev)
         rows = (dy[:, None] + torch.arange(H, device=dev))[:, :, None]  # (B, H, 1)
         cols = (dx[:, None] + torch.arange(W, device=dev))[:, None, :]  # (B, 1, W)
         x = xp.permute(0, 2, 3, 1)[torch.arange(B, device=dev)[:, None, None], rows, cols]  # (B, H, W, C)
         x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
     if flip:
-        mirror = (torch.rand(B, generator=generator) < 0.5).to(dev)[:, None, None, None]
+        mirror = (torch.rand(B * world_size, generator=generator)[pick] < 0.5).to(dev)[:, None, None, None]
         x = torch.where(mirror, x.flip(-1), x)
     return x.contiguous()
 
@@ -48,7 +60,8 @@ class TensorBatchLoader:
 
     Each pass shuffles with a generator seeded by (seed, epoch), so a run is reproducible and every epoch differs;
     Lightning sets the epoch through `loader.sampler.set_epoch`, as it does for a DistributedSampler.
-    `rank` / `world_size` give each process its own shard of every epoch's permutation (DDP).
+    `rank` / `world_size` give each process its own shard of every epoch's permutation (DDP), interleaved as
+    DistributedSampler does: batch b of all ranks together is batch b of one process with world_size x the batch.
     """
 
     def __init__(
@@ -80,22 +93,17 @@ class TensorBatchLoader:
         self._taken = 0
         self._resume: tuple[int, int] | None = None
 
-    def _per_rank(self) -> int:
-        n = len(self.labels)
-        return n // self.world_size if self.train else -(-n // self.world_size)
-
     def _indices(self) -> Tensor:
         n = len(self.labels)
         if not self.train:
-            idx = torch.arange(n)
-        else:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
-        per = self._per_rank()
-        return idx[self.rank * per : (self.rank + 1) * per]
+            return torch.arange(self.rank, n, self.world_size)
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
+        idx = idx[: n // self.world_size * self.world_size]  # equal shards: drop the tail that does not divide
+        return idx[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        per = self._per_rank()
-        n = max(0, min(per, len(self.labels) - self.rank * per))
+        n = len(self.labels)
+        n = n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -111,7 +119,7 @@ class TensorBatchLoader:
             x = self.images[sel]
             if self.train:
                 g.manual_seed(mix_seed(self.seed, self.epoch, b))  # each batch's augmentation from (seed, epoch, b)
-                x = random_crop_flip(x, self.padding, g, self.flip)
+                x = random_crop_flip(x, self.padding, g, self.flip, self.rank, self.world_size)
             yield (x.float() - self.mean) / self.std, self.labels[sel]
 
     def state_dict(self) -> dict[str, int]:

@@ -65,6 +65,18 @@ def build_eval_transform(spec: dict[str, Any]) -> Callable[[Image.Image], torch.
     )
 
 
+def timm_rand_augment(config: str, img_size: int, mean: tuple[float, ...]) -> Callable[[Image.Image], Image.Image]:
+    """timm's RandAugment for `config` (e.g. "rand-m9-mstd0.5-inc1"), with its posterize ops swapped for the
+    original AutoAugment one (keep 4-8 bits): timm's others can ask Pillow >= 13 for 0 bits, which it refuses."""
+    from timm.data import auto_augment as aa
+
+    increasing = any(part == "inc1" for part in config.split("-"))
+    names = aa._RAND_INCREASING_TRANSFORMS if increasing else aa._RAND_TRANSFORMS
+    names = ["PosterizeOriginal" if n.startswith("Posterize") else n for n in names]
+    fill = tuple(round(255 * m) for m in mean)
+    return aa.rand_augment_transform(config, {"translate_const": int(img_size * 0.45), "img_mean": fill}, names)
+
+
 def build_train_transform(
     img_size: int,
     mean: tuple[float, ...],
@@ -89,8 +101,5 @@ def build_train_transform(
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     if rand_augment:
-        from timm.data.auto_augment import rand_augment_transform
-
-        fill = tuple(round(255 * m) for m in mean)
-        ops.append(rand_augment_transform(rand_augment, {"translate_const": int(img_size * 0.45), "img_mean": fill}))
+        ops.append(timm_rand_augment(rand_augment, img_size, mean))
     return v2.Compose(ops + _to_normalized_tensor(mean, std))
