@@ -2,11 +2,11 @@
 """Side-by-side benchmark, in one process: our ViT vs timm's, the cost of explaining, the input pipeline.
 
     python scripts/benchmark.py --quick --data-root ../shared/data        # < 3 minutes on 2 CPU cores
-    python scripts/benchmark.py --rounds 7 --json bench.json              # more rounds
+    python scripts/benchmark.py --rounds 8 --json bench.json              # more rounds
 
-Every comparison is interleaved (A, B, A, B, ...) with the thread count fixed, and reports the median and min of
-the rounds; ratios are of medians. Peak memory is the growth of the process's peak RSS (VmHWM, reset before each
-measurement) on CPU, or torch.cuda.max_memory_allocated on GPU.
+Every comparison is interleaved (A, B, then B, A, ...: who goes first rotates) with the thread count fixed, and
+reports the median and min of the rounds; ratios are of medians. Peak memory is the growth of the process's peak
+RSS (VmHWM, reset before each measurement) on CPU, or torch.cuda.max_memory_allocated on GPU.
 """
 
 from __future__ import annotations
@@ -37,6 +37,17 @@ SIZES = {
     "ViT-S": dict(embed_dim=384, depth=12, num_heads=6),
 }
 RESOLUTIONS = {"32/4": dict(img_size=32, patch_size=4), "224/16": dict(img_size=224, patch_size=16)}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _rss_peak_kb() -> int:
@@ -89,8 +100,10 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, iters: int, d
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first: no order bias
+            fn = fns[name]
             sync()
             t = time.perf_counter()
             for _ in range(iters):
@@ -348,7 +361,7 @@ def print_tables(rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and iterations (< 3 minutes on 2 CPU cores)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5 quick, 7 full)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 4 quick, 8 full)")
     p.add_argument("--iters", type=int, default=None, help="calls per round (default 1 quick, 3 full)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -361,7 +374,7 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=["model", "explain", "pipeline"], default=None)
     p.add_argument("--json", default="benchmark.json", help="where to write all rows")
     args = p.parse_args()
-    args.rounds = args.rounds or (5 if args.quick else 7)
+    args.rounds = args.rounds or (4 if args.quick else 8)
     args.iters = args.iters or (1 if args.quick else 3)
     args.pipeline_batches = args.pipeline_batches or (4 if args.quick else 30)
     if args.quick:  # smaller batches, more rounds: the medians are steadier on a noisy machine
@@ -370,17 +383,16 @@ def main() -> None:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
     print(f"device: {device} ({name}); torch {torch.__version__}; threads: {threads}; rounds: {args.rounds}")
     sections = args.only or ["model", "explain", "pipeline"]
     rows: list[dict] = []
     t0 = time.time()
-    if "model" in sections:
-        rows += model_rows(args, device)
-    if "explain" in sections:
-        rows += explain_rows(args, device)
-    if "pipeline" in sections:
-        rows += pipeline_rows(args, device)
+    for section, fn in (("model", model_rows), ("explain", explain_rows), ("pipeline", pipeline_rows)):
+        if section in sections:
+            t = time.time()
+            rows += fn(args, device)
+            print(f"  ({section}: {time.time() - t:.0f} s)", flush=True)
     print_tables(rows)
     meta = {"device": str(device), "name": name, "threads": threads, "rounds": args.rounds, "seconds": time.time() - t0}
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
