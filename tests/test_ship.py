@@ -132,6 +132,49 @@ def test_plot_command_draws_the_curves(tiny_ckpt: Path, tmp_path: Path) -> None:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def test_per_class_rows_from_a_hand_made_confusion_matrix() -> None:
+    from vit_app.plots import confusion_matrix, per_class_rows
+
+    cm = confusion_matrix(torch.tensor([0, 0, 0, 1, 1, 1, 2]), torch.tensor([0, 0, 0, 0, 1, 1, 2]), 3)
+    assert cm.tolist() == [[3, 1, 0], [0, 2, 0], [0, 0, 1]]
+    rows = per_class_rows(cm, ["a", "b", "c"])
+    assert [r["support"] for r in rows] == [4, 2, 1] and [r["correct"] for r in rows] == [3, 2, 1]
+    assert rows[0]["accuracy"] == 0.75 and rows[1]["precision"] == round(2 / 3, 6)
+    assert rows[0]["most_confused_with"] == "b" and rows[1]["most_confused_with"] == ""
+
+
+def test_test_command_writes_confusion_matrix_and_per_class_table(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    import csv
+
+    from tests.conftest import CONFIGS
+    from vit_app.cli import build_cli
+    from vit_app.plots import confusion_matrix
+
+    out = tmp_path / "report"
+    args = ["test", "--config", str(CONFIGS / "quickstart.yaml"), "--ckpt_path", str(tiny_ckpt)]
+    args += ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]
+    args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "40"]
+    args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    args += ["--eval_report.output_dir", str(out)]
+    cli = build_cli(args)
+    # The reference: the checkpoint loaded for inference, over the same test batches.
+    model = load_for_inference(tiny_ckpt).model
+    cli.datamodule.setup("test")
+    with torch.no_grad():
+        pairs = [(model(x).argmax(-1), y) for x, y in cli.datamodule.test_dataloader()]
+    names = cli.datamodule.class_names
+    expected = confusion_matrix(torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs]), len(names))
+    with open(out / "test_per_class.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == names
+    assert [int(r["support"]) for r in rows] == expected.sum(1).tolist()
+    assert [int(r["correct"]) for r in rows] == expected.diag().tolist()
+    assert sum(int(r["support"]) for r in rows) == 40
+    png = Image.open(out / "test_confusion.png")
+    assert png.size[0] > 300 and png.size[1] > 300
+    assert "most confused with" in capsys.readouterr().out
+
+
 def test_html_report_renders_in_headless_chromium(tiny_ckpt: Path, tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.fail("chromium is not installed (CI installs Debian's chromium package for this test)")

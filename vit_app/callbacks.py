@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -116,3 +118,70 @@ class PredictionWriter(BasePredictionWriter):
             self._file.close()
             self._file = None
             print(f"vit-app: predictions written to {self.output_dir}")
+
+
+class EvalReport(Callback):
+    """After `vit-app validate` or `vit-app test`: a confusion-matrix PNG and a per-class accuracy table.
+
+    Writes <output_dir>/<stage>_confusion.png and <stage>_per_class.csv, and prints the table. The counts are summed
+    over processes, so a multi-device evaluation reports the whole split. Validation inside `fit` is left alone.
+
+    Args:
+        enabled: write the report (set false to skip it).
+        output_dir: where to write; default the run's log folder (e.g. runs/quickstart/version_1), or
+            ./eval_report without a logger.
+    """
+
+    def __init__(self, enabled: bool = True, output_dir: str | None = None) -> None:
+        self.enabled, self.output_dir = enabled, output_dir
+        self._cm: torch.Tensor | None = None
+
+    def _active(self, trainer: Any) -> bool:
+        return self.enabled and trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
+
+    def _start(self, trainer: Any, pl_module: Any) -> None:
+        if self._active(trainer):
+            n = pl_module.hparams.num_classes
+            self._cm = torch.zeros(n, n, dtype=torch.long, device=pl_module.device)
+
+    def _batch(self, trainer: Any, outputs: Any) -> None:
+        if self._cm is not None and isinstance(outputs, dict) and "pred" in outputs:
+            from vit_app.plots import confusion_matrix
+
+            self._cm += confusion_matrix(outputs["pred"], outputs["target"], self._cm.shape[0]).to(self._cm.device)
+
+    def _end(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._cm is None:
+            return
+        cm = trainer.strategy.reduce(self._cm, reduce_op="sum") if trainer.world_size > 1 else self._cm
+        self._cm = None
+        if not trainer.is_global_zero:
+            return
+        from vit_app.plots import format_per_class, per_class_rows, plot_confusion, write_per_class_csv
+
+        out = Path(self.output_dir or (trainer.log_dir if trainer.logger else "eval_report"))
+        out.mkdir(parents=True, exist_ok=True)
+        cm = cm.cpu()
+        rows = per_class_rows(cm, pl_module.class_names)
+        csv_path = write_per_class_csv(rows, out / f"{stage}_per_class.csv")
+        png = plot_confusion(cm, pl_module.class_names, out / f"{stage}_confusion.png", title=f"{stage}:")
+        print("\n" + format_per_class(rows))
+        print(f"vit-app: confusion matrix {png}, per-class table {csv_path}")
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kw: Any) -> None:
+        self._batch(trainer, outputs)
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kw: Any) -> None:
+        self._batch(trainer, outputs)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end(trainer, pl_module, "test")

@@ -1,4 +1,5 @@
-"""Pictures of a run: training curves from its CSV log (loss, accuracy, learning rate)."""
+"""Pictures of a run: training curves from its CSV log (loss, accuracy, learning rate), and the confusion matrix and
+per-class accuracy of an evaluation."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import csv
 import math
 import os
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from vit_app.errors import ConfigError
 
@@ -72,3 +76,88 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
+
+
+def per_class_rows(cm: Tensor, class_names: list[str]) -> list[dict[str, object]]:
+    """One row per class of a (C, C) confusion matrix (rows: true class, columns: predicted): support, correct,
+    accuracy (recall), precision, and the class it is most often mistaken for."""
+    cm = cm.long()
+    support, predicted, correct = cm.sum(1), cm.sum(0), cm.diag()
+    off = cm.clone()
+    off.fill_diagonal_(-1)
+    rows = []
+    for c, name in enumerate(class_names):
+        n = int(support[c])
+        worst = int(off[c].argmax())
+        rows.append(
+            {
+                "class": name,
+                "index": c,
+                "support": n,
+                "correct": int(correct[c]),
+                "accuracy": round(int(correct[c]) / n, 6) if n else float("nan"),
+                "precision": round(int(correct[c]) / int(predicted[c]), 6) if int(predicted[c]) else float("nan"),
+                "most_confused_with": class_names[worst] if int(off[c, worst]) > 0 else "",
+            }
+        )
+    return rows
+
+
+def write_per_class_csv(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
+    out = Path(path)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+def format_per_class(rows: list[dict[str, object]]) -> str:
+    """The per-class table for a terminal."""
+    width = max(len("class"), *(len(str(r["class"])) for r in rows))
+    lines = [f"{'class':{width}s}  support  accuracy  precision  most confused with"]
+    for r in rows:
+        acc, prec = float(r["accuracy"]), float(r["precision"])  # type: ignore[arg-type]
+        name, confused = str(r["class"]), r["most_confused_with"]
+        lines.append(f"{name:{width}s}  {r['support']:7d}  {100 * acc:7.1f}%  {100 * prec:8.1f}%  {confused}")
+    return "\n".join(lines)
+
+
+def plot_confusion(cm: Tensor, class_names: list[str], path: str | os.PathLike, title: str = "") -> Path:
+    """A row-normalised confusion matrix (true class down, predicted across); counts in the cells up to 30 classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = cm.long().cpu()
+    C = cm.shape[0]
+    frac = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)  # (C, C), rows sum to 1 where a class has samples
+    side = min(4 + 0.45 * C, 30)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    im = ax.imshow(frac.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if C <= 50:
+        ax.set_xticks(range(C), class_names, rotation=90 if C > 10 else 45, ha="right" if C <= 10 else "center")
+        ax.set_yticks(range(C), class_names)
+    if C <= 30:
+        for i in range(C):
+            for j in range(C):
+                if int(cm[i, j]):
+                    color = "white" if float(frac[i, j]) > 0.5 else "black"
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    acc = float(cm.diag().sum()) / max(1, int(cm.sum()))
+    ax.set_title(f"{title} top-1 {100 * acc:.2f}% ({int(cm.sum())} images)".strip())
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """(C, C) counts: row = true class, column = predicted class."""
+    idx = target.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
