@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from tests.conftest import CONFIGS, REPO
 from tests.odd_images import BROKEN, make_odd_images
 from vit_app.data.images import ImageLoadError, load_image
 
@@ -70,3 +75,60 @@ def test_extreme_aspect_loads(odd: dict[str, Path]) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError, match="cannot read file"):
         load_image(tmp_path / "nope.jpg")
+
+
+def _folder_with_bad_files(root: Path) -> set[str]:
+    """train/ and val/ with 2 classes x 6 readable images and 2 unreadable files each; returns the bad file names."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{i}.png")
+        good = (root / split / "a" / "0.png").read_bytes()
+        (root / split / "a" / "truncated.png").write_bytes(good[: len(good) // 2])
+        (root / split / "b" / "text.png").write_text("not an image")
+    return {"truncated.png", "text.png"}
+
+
+def test_unreadable_folder_images_leave_the_batch_and_are_listed(tmp_path: Path) -> None:
+    from vit_app.data.datamodule import ViTDataModule
+
+    bad = _folder_with_bad_files(tmp_path)
+    dm = ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    labels, reported = [], []
+    for batch in dm.val_dataloader():
+        labels += batch[1].tolist()
+        reported += [Path(p).name for p, _ in (batch[2] if len(batch) == 3 else [])]
+    assert sorted(labels) == [0] * 6 + [1] * 6  # every readable image once, with its own label; nothing stands in
+    assert sorted(reported) == sorted(bad)
+
+
+def _fit_folder(root: Path, out: Path, limit: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "vit_app", "fit", "--config", str(CONFIGS / "quickstart.yaml")]
+    args += ["--data.dataset", "imagefolder", "--data.root", str(root), "--data.img_size", "32"]
+    args += ["--data.loader", "torch", "--data.batch_size", "7", "--data.num_workers", "0"]
+    args += ["--model.embed_dim", "32", "--model.depth", "1", "--model.num_heads", "2", "--trainer.max_epochs", "1"]
+    args += ["--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.logger.init_args.save_dir", str(out), "--bad_images.limit", limit]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=out, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_training_reports_unreadable_images_and_stops_past_the_limit(tmp_path: Path) -> None:
+    _folder_with_bad_files(tmp_path / "data")
+    (tmp_path / "ok").mkdir()
+    ok = _fit_folder(tmp_path / "data", tmp_path / "ok", "0.2")  # 2 of 14 tolerated
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "epoch 0: 2 unreadable train images skipped (not replaced)" in ok.stderr
+    assert "truncated.png" in ok.stderr and "text.png" in ok.stderr
+    metrics = next((tmp_path / "ok").rglob("metrics.csv")).read_text()
+    assert "train/bad_images" in metrics.splitlines()[0]
+
+    (tmp_path / "strict").mkdir()
+    stop = _fit_folder(tmp_path / "data", tmp_path / "strict", "0")
+    assert stop.returncode == 2
+    assert "could not be read, more than bad_images.limit allows" in stop.stderr
+    assert "Traceback" not in stop.stderr

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vit_app.errors import BadDataError, ConfigError
 
 
 class Checkpoint(ModelCheckpoint):
@@ -185,3 +187,74 @@ class EvalReport(Callback):
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(trainer, pl_module, "test")
+
+
+class BadImageReport(Callback):
+    """Counts the images that could not be read (ImageFolder data): each is dropped from its batch, never replaced by
+    another sample. At the end of every epoch a summary goes to stderr and `<stage>/bad_images` to the logger; past
+    `limit` the run stops with a message naming the files.
+
+    Args:
+        limit: how many unreadable training images are tolerated: a share of the training set when below 1
+            (0.01 = 1 %), else a count. 0 stops at the first one.
+    """
+
+    def __init__(self, limit: float = 0.01) -> None:
+        if limit < 0:
+            raise ConfigError(f"bad_images.limit: {limit} is negative; give a share (0.01) or a count (10)")
+        self.limit = limit
+        self._seen: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
+        self._epoch: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
+
+    def _allowed(self, trainer: Any) -> float:
+        if self.limit >= 1:
+            return self.limit
+        dm = getattr(trainer, "datamodule", None)
+        n = len(dm.train_set) if dm is not None and getattr(dm, "train_set", None) is not None else 0
+        return self.limit * n
+
+    def _batch(self, trainer: Any, batch: Any, stage: str) -> None:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
+            return
+        for path, reason in batch[2]:
+            self._epoch[stage][path] = reason
+            self._seen[stage][path] = reason
+        if stage == "train" and len(self._seen["train"]) > self._allowed(trainer):
+            n, allowed = len(self._seen["train"]), self._allowed(trainer)
+            first = "; ".join(f"{p}: {r}" for p, r in list(self._seen["train"].items())[:3])
+            raise BadDataError(
+                f"{n} training images could not be read, more than bad_images.limit allows ({self.limit}, i.e. "
+                f"{allowed:g} images). First: {first}. Fix or remove them, or raise --bad_images.limit."
+            )
+
+    def _summary(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        bad = self._epoch[stage]
+        self._epoch[stage] = {}
+        if not bad or trainer.sanity_checking:
+            return
+        shown = "\n".join(f"  {p}: {r}" for p, r in list(bad.items())[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        rank_zero_warn(
+            f"vit-app: epoch {trainer.current_epoch}: {len(bad)} unreadable {stage} images skipped (not replaced):\n"
+            f"{shown}{more}"
+        )
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"{stage}/bad_images": float(len(bad))}, step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batch(trainer, batch, "train")
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *a: Any) -> None:
+        self._batch(trainer, batch, "val")
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *a: Any) -> None:
+        self._batch(trainer, batch, "test")
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._summary(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._summary(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._summary(trainer, pl_module, "test")

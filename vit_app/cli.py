@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vit_app import __version__
-from vit_app.callbacks import Checkpoint, EvalReport, PredictionWriter
+from vit_app.callbacks import BadImageReport, Checkpoint, EvalReport, PredictionWriter
 from vit_app.checkpoint import SafeCheckpointIO
 from vit_app.data.datamodule import ViTDataModule
 from vit_app.errors import ConfigError, UserError
@@ -65,6 +65,7 @@ class ViTCLI(LightningCLI):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
         parser.add_lightning_class_args(EvalReport, "eval_report")
+        parser.add_lightning_class_args(BadImageReport, "bad_images")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc1",

@@ -13,3 +13,7 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint or model file that cannot be loaded (or is refused as unsafe)."""
+
+
+class BadDataError(UserError, ValueError):
+    """Too many unreadable files in a dataset: names them and the setting that tolerates more."""

@@ -267,8 +267,12 @@ class ViTClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.eval_model(x) if not self.training else self.model(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
+        x, y = batch[0], batch[1]  # a third item lists unreadable files (the BadImageReport callback counts them)
+        if self.mixup is not None and len(y) % 2:  # timm's Mixup pairs images: a batch left odd by an unreadable
+            x, y = x[:-1], y[:-1]  # file sheds its last image
+        if y.numel() == 0:
+            return None  # every image of this batch was unreadable: no step
         if self.mixup is not None:
             x, y_soft = self.mixup(x, y)
             logits = self._train_forward(x)
@@ -298,8 +302,10 @@ class ViTClassifier(L.LightningModule):
         if self.hparams.time_budget_min is not None and self._time_progress() >= 1.0:
             self.trainer.should_stop = True  # time is up: Lightning ends the run after this step
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
-        x, y = batch
+    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor] | None:
+        x, y = batch[0], batch[1]
+        if y.numel() == 0:
+            return None
         logits = self.eval_model(x).float()
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
         acc1.update(logits, y)
@@ -309,10 +315,10 @@ class ViTClassifier(L.LightningModule):
         self.log(f"{stage}/acc5", acc5)
         return {"pred": logits.argmax(-1), "target": y}  # for the EvalReport callback (confusion matrix)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor] | None:
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor] | None:
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

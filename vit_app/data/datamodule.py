@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vit_app.data.folder import ImageFolderDataset, find_classes, read_class_subset
+from vit_app.data.folder import BadImage, ImageFolderDataset, collate_skipping_bad, find_classes, read_class_subset
 from vit_app.data.memory import TensorBatchLoader
 from vit_app.data.sampling import EpochSampler, ResumableDataLoader, SeededTransform
 from vit_app.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
@@ -85,8 +85,8 @@ class PredictFiles(Dataset):
 class PredictSplit(Dataset):
     """A dataset split for prediction, with a path for each item (the file for ImageFolder, else split/index)."""
 
-    def __init__(self, base: Dataset, transform, name: str) -> None:
-        self.base, self.transform, self.name = base, transform, name
+    def __init__(self, base: Dataset, transform, name: str, img_size: int) -> None:
+        self.base, self.transform, self.name, self.img_size = base, transform, name, img_size
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -95,6 +95,9 @@ class PredictSplit(Dataset):
         img, _ = self.base[i]
         samples = getattr(self.base, "samples", None)
         path = samples[i][0] if samples is not None else f"{self.name}/{i}"
+        if isinstance(img, BadImage):  # reported in the predictions, like a bad file under predict_path
+            x = torch.zeros(3, self.img_size, self.img_size)
+            return {"x": x, "index": i, "path": path, "error": img.reason}
         return {"x": self.transform(img), "index": i, "path": path, "error": ""}
 
 
@@ -290,6 +293,7 @@ class ViTDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds never draw on the global RNG
+            collate_fn=collate_skipping_bad,  # unreadable files leave the batch and are reported
         )
         if train:  # order and augmentation from (seed, epoch, index); resumable mid-epoch
             rank, world = self._rank_world()
@@ -328,5 +332,5 @@ class ViTDataModule(L.LightningDataModule):
         else:
             train, val, test = self._raw_splits()
             split = {"train": train, "val": val, "test": test}[self.predict_split]
-            ds = PredictSplit(split, self.eval_transform, self.predict_split)
+            ds = PredictSplit(split, self.eval_transform, self.predict_split, self.img_size)
         return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, shuffle=False)

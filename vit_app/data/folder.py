@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from vit_app.data.images import is_image_file, load_image
+from vit_app.data.images import ImageLoadError, is_image_file, load_image
 from vit_app.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """Stands in for an image that could not be read; the batch drops it (never replaced by another sample)."""
+
+    path: str
+    reason: str
+
+
+def collate_skipping_bad(samples: list[tuple[Any, int]]) -> tuple[Any, ...]:
+    """default_collate over the readable samples. With unreadable ones in the batch it returns
+    (x, y, [(path, reason), ...]) so that training can count and report them; x and y hold only the good ones."""
+    bad = [(s[0].path, s[0].reason) for s in samples if isinstance(s[0], BadImage)]
+    if not bad:
+        return tuple(default_collate(samples))
+    good = [s for s in samples if not isinstance(s[0], BadImage)]
+    if not good:
+        import torch
+
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    x, y = default_collate(good)
+    return x, y, bad
 
 
 def read_class_subset(path: str | os.PathLike) -> list[str]:
@@ -68,5 +93,8 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        img = load_image(path)
+        try:
+            img = load_image(path)
+        except ImageLoadError as e:  # reported by the training loop; the batch goes on without it
+            return BadImage(path, str(e)), label
         return (self.transform(img) if self.transform else img), label

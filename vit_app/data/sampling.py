@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vit_app.data.folder import BadImage
+
 
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (tuple hashing of ints is the same in every process and run)."""
@@ -50,6 +52,8 @@ class SeededTransform(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         img, label = self.base[index]
+        if isinstance(img, BadImage):  # an unreadable file: nothing to transform, the batch drops it
+            return img, label
         s = mix_seed(self.seed, epoch, index)
         state = random.getstate()
         with torch.random.fork_rng(devices=[]):
