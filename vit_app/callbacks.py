@@ -146,7 +146,7 @@ class EvalReport(Callback):
             n = pl_module.hparams.num_classes
             self._cm = torch.zeros(n, n, dtype=torch.long, device=pl_module.device)
 
-    def _batch(self, trainer: Any, outputs: Any) -> None:
+    def _batch(self, outputs: Any) -> None:
         if self._cm is not None and isinstance(outputs, dict) and "pred" in outputs:
             from vit_app.plots import confusion_matrix
 
@@ -177,10 +177,10 @@ class EvalReport(Callback):
         self._start(trainer, pl_module)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kw: Any) -> None:
-        self._batch(trainer, outputs)
+        self._batch(outputs)
 
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kw: Any) -> None:
-        self._batch(trainer, outputs)
+        self._batch(outputs)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(trainer, pl_module, "val")
@@ -203,7 +203,7 @@ class BadImageReport(Callback):
         if limit < 0:
             raise ConfigError(f"bad_images.limit: {limit} is negative; give a share (0.01) or a count (10)")
         self.limit = limit
-        self._seen: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
+        self._train_bad: dict[str, str] = {}  # every unreadable training file so far: path -> reason
         self._epoch: dict[str, dict[str, str]] = {"train": {}, "val": {}, "test": {}}
 
     def _allowed(self, trainer: Any) -> float:
@@ -216,18 +216,19 @@ class BadImageReport(Callback):
     def _batch(self, trainer: Any, batch: Any, stage: str) -> None:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
             return
-        for path, reason in batch[2]:
-            self._epoch[stage][path] = reason
-            self._seen[stage][path] = reason
-        if stage == "train" and len(self._seen["train"]) > self._allowed(trainer):
-            n, allowed = len(self._seen["train"]), self._allowed(trainer)
-            first = "; ".join(f"{p}: {r}" for p, r in list(self._seen["train"].items())[:3])
+        self._epoch[stage].update(batch[2])
+        if stage != "train":
+            return
+        self._train_bad.update(batch[2])
+        n, allowed = len(self._train_bad), self._allowed(trainer)
+        if n > allowed:
+            first = "; ".join(f"{p}: {r}" for p, r in list(self._train_bad.items())[:3])
             raise BadDataError(
                 f"{n} training images could not be read, more than bad_images.limit allows ({self.limit}, i.e. "
                 f"{allowed:g} images). First: {first}. Fix or remove them, or raise --bad_images.limit."
             )
 
-    def _summary(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def _summary(self, trainer: Any, stage: str) -> None:
         bad = self._epoch[stage]
         self._epoch[stage] = {}
         if not bad or trainer.sanity_checking:
@@ -251,10 +252,10 @@ class BadImageReport(Callback):
         self._batch(trainer, batch, "test")
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._summary(trainer, pl_module, "train")
+        self._summary(trainer, "train")
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._summary(trainer, pl_module, "val")
+        self._summary(trainer, "val")
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._summary(trainer, pl_module, "test")
+        self._summary(trainer, "test")

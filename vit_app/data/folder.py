@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset, default_collate
 
 from vit_app.data.images import ImageLoadError, is_image_file, load_image
@@ -30,8 +31,6 @@ def collate_skipping_bad(samples: list[tuple[Any, int]]) -> tuple[Any, ...]:
         return tuple(default_collate(samples))
     good = [s for s in samples if not isinstance(s[0], BadImage)]
     if not good:
-        import torch
-
         return torch.empty(0), torch.empty(0, dtype=torch.long), bad
     x, y = default_collate(good)
     return x, y, bad
