@@ -180,3 +180,45 @@ def test_bad_input_size_and_arguments_raise_clear_errors() -> None:
         VisionTransformer(embed_dim=30, num_heads=4)
     with pytest.raises(ValueError, match="unknown model preset"):
         create_model("vit_gigantic")
+    with pytest.raises(ValueError, match="patch_drop_rate must be in"):
+        VisionTransformer(patch_drop_rate=1.0)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_patch_dropout_keeps_prefix_and_a_random_subset_of_patches_in_training_only(class_token: bool) -> None:
+    kw = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, class_token=class_token)
+    if not class_token:
+        kw["global_pool"] = "avg"
+    plain = VisionTransformer(**kw)
+    _randomize(plain)
+    dropping = VisionTransformer(**kw, patch_drop_rate=0.5)
+    dropping.load_state_dict(plain.state_dict(), strict=True)  # no extra weights: timm state dicts still fit
+    x = torch.randn(4, 3, 32, 32)
+    P = 1 if class_token else 0
+    with torch.no_grad():
+        full = plain._tokens(x)  # (4, P + 64, 32): no dropping (rate 0)
+        dropping.train()
+        kept = dropping._tokens(x)  # (4, P + 32, 32)
+        assert kept.shape == (4, P + 32, 32)
+        torch.testing.assert_close(kept[:, :P], full[:, :P], rtol=0, atol=0)  # the class token always stays
+        for b in range(4):
+            # each kept token is one of that image's own patch tokens (position embedding included), none twice
+            match = (kept[b, P:, None, :] == full[b, None, P:, :]).all(-1)  # (32, 64)
+            assert match.sum(1).tolist() == [1] * 32
+            assert match.any(0).sum().item() == 32
+        assert not torch.equal(dropping._tokens(x), kept)  # a fresh subset per call
+        dropping.eval()  # evaluation sees every token: the same logits as the model without dropout
+        torch.testing.assert_close(dropping(x), plain.eval()(x), rtol=0, atol=0)
+
+
+def test_patch_dropout_matches_timm_argument_and_eval_logits() -> None:
+    kw = dict(PARITY_SHAPES["cifar_32_p4_cls"], patch_drop_rate=0.25)
+    ref = TimmViT(**kw).eval()
+    _randomize(ref)
+    ours = VisionTransformer(**kw).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
+        ours.train()
+        assert ours.forward_features(x).shape == (2, 1 + 48, 96)  # 64 patches, a quarter dropped

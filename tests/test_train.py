@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import CONFIGS
 from vit_app.cli import build_cli
@@ -85,3 +86,25 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
     assert differs_from_raw > 0  # so the check above really tells EMA weights from raw ones
     meta = loaded.metadata
     assert meta["eval_transform"]["img_size"] == 32 and meta["eval_transform"]["mean"] == [0.5, 0.5, 0.5]
+
+
+class DropRateLog(Callback):
+    """Records the model's PatchDropout rate at every training step."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.rates.append(pl_module.model.patch_drop_rate)
+
+
+def test_patch_dropout_runs_until_patch_drop_end_then_stops(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "8"]
+    args += ["--trainer.limit_val_batches", "0"]
+    args += ["--data.synthetic_train_size", "128", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--model.patch_drop_rate", "0.5", "--model.patch_drop_end", "0.5"]
+    args += ["--trainer.callbacks+=tests.test_train.DropRateLog"]
+    cli = _fit(args, tmp_path)
+    log = next(c for c in cli.trainer.callbacks if type(c).__name__ == "DropRateLog")  # imported by its path
+    assert log.rates == [0.5] * 4 + [0.0] * 4  # steps 0-3 of 8 drop half the patches, the last half keeps all
+    _assert_trained(cli)

@@ -182,10 +182,13 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         fc_norm: bool | None = None,
+        patch_drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if not 0.0 <= patch_drop_rate < 1.0:
+            raise ValueError(f"patch_drop_rate must be in [0, 1), got {patch_drop_rate}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm  # timm's rule: GAP models norm after pool
@@ -193,6 +196,7 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
+        self.patch_drop_rate = patch_drop_rate  # a plain attribute (no weights): a trainer may schedule it
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -246,7 +250,21 @@ class VisionTransformer(nn.Module):
 
     def _tokens(self, x: Tensor) -> Tensor:
         x, grid = self.patch_embed(x)  # (B, N, D)
-        return self._pos_embed(x, grid)  # (B, prefix + N, D)
+        x = self._pos_embed(x, grid)  # (B, prefix + N, D)
+        if self.training and self.patch_drop_rate > 0:
+            x = self._drop_patches(x)
+        return x
+
+    def _drop_patches(self, x: Tensor) -> Tensor:
+        """PatchDropout (Liu et al. 2022, timm's `patch_drop_rate`): in training, keep a random subset of the patch
+        tokens per image (position embeddings already added) and every prefix token. Fewer tokens make each step
+        cheaper; evaluation always sees all of them. (B, P + N, D) -> (B, P + keep, D)."""
+        P = self.num_prefix_tokens
+        B, T, D = x.shape
+        keep = max(1, int((T - P) * (1.0 - self.patch_drop_rate)))
+        idx = torch.rand(B, T - P, device=x.device).topk(keep, dim=1).indices  # (B, keep), uniform without repeats
+        patches = x[:, P:].gather(1, idx.unsqueeze(-1).expand(-1, -1, D))  # (B, keep, D)
+        return torch.cat([x[:, :P], patches], dim=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> normed tokens (B, prefix + N, D)."""

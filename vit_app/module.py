@@ -149,6 +149,10 @@ class ViTClassifier(L.LightningModule):
         drop_rate: dropout before the head.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth rate of the last block (linear in depth).
+        patch_drop_rate: PatchDropout: share of patch tokens dropped at random from each training image (0.5 halves
+            the tokens, so a step costs about half); evaluation and inference see them all. 0 = off.
+        patch_drop_end: share of training (of the time budget, or of the steps) after which PatchDropout stops, so
+            the last part trains on every token, as evaluation sees them. 1.0 = dropout to the end.
         lr: peak learning rate (AdamW).
         weight_decay: AdamW weight decay on weight matrices.
         betas: AdamW betas.
@@ -192,6 +196,8 @@ class ViTClassifier(L.LightningModule):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        patch_drop_rate: float = 0.0,
+        patch_drop_end: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -212,6 +218,8 @@ class ViTClassifier(L.LightningModule):
             raise ConfigError(f"model.arch: unknown preset {arch!r}; choose one of: {', '.join(PRESETS)}")
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
+        if not 0.0 <= patch_drop_end <= 1.0:
+            raise ConfigError(f"model.patch_drop_end must be in [0, 1], got {patch_drop_end}")
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         self.model_config = preset_config(
@@ -229,6 +237,7 @@ class ViTClassifier(L.LightningModule):
             drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
+            patch_drop_rate=patch_drop_rate,
         )
         if class_token is False and global_pool is None:  # no class token to pool: average the patch tokens
             self.model_config["global_pool"] = "avg"
@@ -296,6 +305,18 @@ class ViTClassifier(L.LightningModule):
             return 0.0
         return (time.monotonic() - start) / (60.0 * self.hparams.time_budget_min)
 
+    def _train_progress(self) -> float:
+        """Share of training done: of the time budget when there is one, else of the scheduled steps."""
+        if self.hparams.time_budget_min is not None:
+            return self._time_progress()
+        total = getattr(self, "_total_steps", 0)
+        return self.global_step / total if total else 0.0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        hp = self.hparams
+        if hp.patch_drop_rate > 0:  # PatchDropout until patch_drop_end, then every token (as in evaluation)
+            self.model.patch_drop_rate = hp.patch_drop_rate if self._train_progress() < hp.patch_drop_end else 0.0
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.model_ema is not None:
             self.model_ema.update(self.model, step=self.global_step)
@@ -357,6 +378,7 @@ class ViTClassifier(L.LightningModule):
         groups = param_groups(self.model, hp.weight_decay, hp.lr, hp.layer_decay)
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total, per_epoch = self._schedule_steps()
+        self._total_steps = total
         warmup = min(int(hp.warmup_epochs * per_epoch), max(0, total - 1))
         min_ratio = hp.min_lr_ratio
 
