@@ -31,7 +31,7 @@ class Checkpoint(ModelCheckpoint):
 
     def _save_last_now(self, trainer: Any) -> str:
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)  # type: ignore[arg-type]
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)  # full state unless configured
         self.last_model_path = path
         return path
 
