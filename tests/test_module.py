@@ -64,5 +64,7 @@ def test_non_finite_loss_stops_with_advice() -> None:
 def test_patch_drop_end_is_checked() -> None:
     with pytest.raises(ConfigError, match="model.patch_drop_end"):
         ViTClassifier(patch_drop_rate=0.5, patch_drop_end=1.5)
+    with pytest.raises(ConfigError, match="model.patch_drop_rate"):
+        ViTClassifier(patch_drop_rate=1.5)
     m = ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2, patch_drop_rate=0.5)
     assert m.model.patch_drop_rate == 0.5 and m.model_config["patch_drop_rate"] == 0.5

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vit_app.errors import BadDataError, ConfigError
+from vit_app.plots import confusion_matrix, format_per_class, per_class_rows, plot_confusion, write_per_class_csv
 
 
 class Checkpoint(ModelCheckpoint):
@@ -148,8 +149,6 @@ class EvalReport(Callback):
 
     def _batch(self, outputs: Any) -> None:
         if self._cm is not None and isinstance(outputs, dict) and "pred" in outputs:
-            from vit_app.plots import confusion_matrix
-
             self._cm += confusion_matrix(outputs["pred"], outputs["target"], self._cm.shape[0]).to(self._cm.device)
 
     def _end(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -159,8 +158,6 @@ class EvalReport(Callback):
         self._cm = None
         if not trainer.is_global_zero:
             return
-        from vit_app.plots import format_per_class, per_class_rows, plot_confusion, write_per_class_csv
-
         out = Path(self.output_dir or (trainer.log_dir if trainer.logger else "eval_report"))
         out.mkdir(parents=True, exist_ok=True)
         cm = cm.cpu()

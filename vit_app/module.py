@@ -218,6 +218,8 @@ class ViTClassifier(L.LightningModule):
             raise ConfigError(f"model.arch: unknown preset {arch!r}; choose one of: {', '.join(PRESETS)}")
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
+        if not 0.0 <= patch_drop_rate < 1.0:
+            raise ConfigError(f"model.patch_drop_rate must be in [0, 1), got {patch_drop_rate}")
         if not 0.0 <= patch_drop_end <= 1.0:
             raise ConfigError(f"model.patch_drop_end must be in [0, 1], got {patch_drop_end}")
         self.save_hyperparameters()
