@@ -9,9 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import CONFIGS
+from vit_app.checkpoint import safe_load
 from vit_app.cli import build_cli
 from vit_app.data.synthetic import SyntheticShapes
 from vit_app.inference import load_for_inference
+from vit_app.optim import MuonAdamW
 
 TINY = ["--model.embed_dim", "32", "--model.depth", "1", "--model.num_heads", "2"]
 
@@ -108,3 +110,22 @@ def test_patch_dropout_runs_until_patch_drop_end_then_stops(tmp_path: Path) -> N
     log = next(c for c in cli.trainer.callbacks if type(c).__name__ == "DropRateLog")  # imported by its path
     assert log.rates == [0.5] * 4 + [0.0] * 4  # steps 0-3 of 8 drop half the patches, the last half keeps all
     _assert_trained(cli)
+
+
+def test_muon_fit_saves_and_resumes_both_optimiser_halves(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.limit_val_batches", "0"]
+    args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--model.optimizer", "muon", "--model.warmup_epochs", "0.5"]
+    cli = _fit([*args, "--trainer.max_steps", "4"], tmp_path)
+    opt = cli.trainer.optimizers[0]
+    assert isinstance(opt, MuonAdamW) and cli.trainer.global_step == 4
+    _assert_trained(cli)
+    last = next(Path(tmp_path).rglob("last.ckpt"))
+    saved = safe_load(last)["optimizer_states"][0]
+    assert len(saved["muon"]["state"]) == 4 and saved["adamw"]["state"]  # 4 matrices in the 1-block model
+
+    resumed = _fit([*args, "--trainer.max_steps", "6", "--ckpt_path", str(last)], tmp_path)
+    opt2 = resumed.trainer.optimizers[0]
+    assert resumed.trainer.global_step == 6
+    sched_lr = resumed.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()
+    assert [g["lr"] for g in opt2._muon.param_groups + opt2._adamw.param_groups] == sched_lr

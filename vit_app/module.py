@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_app.data.transforms import eval_spec
 from vit_app.errors import CheckpointError, ConfigError
 from vit_app.model import PRESETS, VisionTransformer, preset_config
+from vit_app.optim import MuonAdamW, is_muon_param
 
 CHECKPOINT_KEY = "vit_app"  # the checkpoint entry that holds everything inference needs
 CHECKPOINT_FORMAT = 1
@@ -65,23 +66,33 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def param_groups(
-    model: torch.nn.Module, weight_decay: float, lr: float = 1e-3, layer_decay: float | None = None
+    model: torch.nn.Module,
+    weight_decay: float,
+    lr: float = 1e-3,
+    layer_decay: float | None = None,
+    muon: bool = False,
 ) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices; none on norms, biases, position and class embeddings; with
-    `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer)."""
+    `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer). With `muon`, the
+    blocks' weight matrices go to groups of their own marked muon=True (see vit_app.optim.MuonAdamW)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = len(getattr(model, "blocks", []))
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name in skip
         layer = layer_id(name, depth) if layer_decay is not None else depth + 1
-        g = groups.setdefault((layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay})
+        to_muon = muon and is_muon_param(name, p)
+        g = groups.setdefault(
+            (layer, no_decay, to_muon), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
+        )
+        if to_muon:
+            g["muon"] = True
         if layer_decay is not None:
             g["lr"] = lr * layer_decay ** (depth + 1 - layer)
         g["params"].append(p)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
+    return [groups[k] for k in sorted(groups)]
 
 
 def load_pretrained(model: VisionTransformer, source: str) -> None:
@@ -153,8 +164,10 @@ class ViTClassifier(L.LightningModule):
             the tokens, so a step costs about half); evaluation and inference see them all. 0 = off.
         patch_drop_end: share of training (of the time budget, or of the steps) after which PatchDropout stops, so
             the last part trains on every token, as evaluation sees them. 1.0 = dropout to the end.
-        lr: peak learning rate (AdamW).
-        weight_decay: AdamW weight decay on weight matrices.
+        optimizer: "adamw", or "muon": Muon (orthogonalised momentum) for the blocks' weight matrices and AdamW for
+            the rest, at the same lr and weight_decay (Muon's step is scaled to AdamW's size).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
         warmup_epochs: linear warm-up length, in epochs (may be fractional).
         min_lr_ratio: the cosine schedule ends at lr * min_lr_ratio.
@@ -198,6 +211,7 @@ class ViTClassifier(L.LightningModule):
         drop_path_rate: float = 0.1,
         patch_drop_rate: float = 0.0,
         patch_drop_end: float = 1.0,
+        optimizer: Literal["adamw", "muon"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -377,8 +391,10 @@ class ViTClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = param_groups(self.model, hp.weight_decay, hp.lr, hp.layer_decay)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        muon = hp.optimizer == "muon"
+        groups = param_groups(self.model, hp.weight_decay, hp.lr, hp.layer_decay, muon=muon)
+        betas = tuple(hp.betas)
+        opt = MuonAdamW(groups, hp.lr, betas) if muon else torch.optim.AdamW(groups, lr=hp.lr, betas=betas)
         total, per_epoch = self._schedule_steps()
         self._total_steps = total
         warmup = min(int(hp.warmup_epochs * per_epoch), max(0, total - 1))

@@ -1,0 +1,103 @@
+"""MuonAdamW: the right parameters on each half, the same steps as the two torch optimisers, schedulers reach both
+halves, and a state_dict round trip (a resumed run) continues exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vit_app.model import VisionTransformer
+from vit_app.module import param_groups
+from vit_app.optim import MuonAdamW
+
+KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def _model() -> VisionTransformer:
+    torch.manual_seed(0)
+    m = VisionTransformer(**KW)
+    torch.nn.init.normal_(m.head.weight, std=0.02)  # timm's zero head would leave the blocks without gradient
+    return m
+
+
+def _loss(m: torch.nn.Module, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
+    return torch.nn.functional.cross_entropy(m(x), y)
+
+
+def _train(m: torch.nn.Module, opt: torch.optim.Optimizer, seeds: range, sched=None) -> None:
+    for s in seeds:
+        opt.zero_grad()
+        opt.step(lambda s=s: _loss(m, s).backward())
+        if sched is not None:
+            sched.step()
+
+
+def test_muon_groups_hold_exactly_the_blocks_weight_matrices() -> None:
+    m = _model()
+    groups = param_groups(m, 0.05, muon=True)
+    names = {id(p): n for n, p in m.named_parameters()}
+    on_muon = {names[id(p)] for g in groups if g.get("muon") for p in g["params"]}
+    expected = {f"blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    assert on_muon == expected
+    every = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(every) == sorted(names.values())  # each parameter once
+    assert all(g["weight_decay"] == 0.05 for g in groups if g.get("muon"))
+
+
+def test_steps_equal_torch_muon_and_adamw_side_by_side() -> None:
+    a, b = _model(), _model()
+    opt_a = MuonAdamW(param_groups(a, 0.05, muon=True), lr=1e-2)
+    gb = param_groups(b, 0.05, muon=True)
+    muon = torch.optim.Muon([g for g in gb if g.get("muon")], lr=1e-2, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([g for g in gb if not g.get("muon")], lr=1e-2)
+    _train(a, opt_a, range(3))
+    for s in range(3):
+        muon.zero_grad(), adamw.zero_grad()
+        _loss(b, s).backward()
+        muon.step(), adamw.step()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), n
+    moved = a.blocks[0].attn.qkv.weight - _model().blocks[0].attn.qkv.weight
+    assert moved.abs().max() > 1e-3  # the Muon half did step
+
+
+def test_a_scheduler_sets_the_lr_of_both_halves() -> None:
+    opt = MuonAdamW(param_groups(_model(), 0.05, muon=True), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    sched.step(), sched.step()
+    assert [g["lr"] for g in opt._muon.param_groups] == [pytest.approx(0.025)]
+    assert all(g["lr"] == pytest.approx(0.025) for g in opt._adamw.param_groups)
+
+
+def test_state_dict_round_trip_continues_the_run_exactly() -> None:
+    def schedule(step: int) -> float:
+        return 1.0 / (1 + step)
+
+    ref = _model()
+    opt = MuonAdamW(param_groups(ref, 0.05, muon=True), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    _train(ref, opt, range(3), sched)
+    saved = copy.deepcopy((ref.state_dict(), opt.state_dict(), sched.state_dict()))  # as written to a checkpoint
+    saved_model, saved_opt, saved_sched = saved
+    _train(ref, opt, range(3, 6), sched)
+
+    resumed = _model()
+    resumed.load_state_dict(saved_model)
+    opt2 = MuonAdamW(param_groups(resumed, 0.05, muon=True), lr=1e-2)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, schedule)
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert opt2.param_groups[0] is opt2._muon.param_groups[0]  # the loaded groups are the ones the scheduler sets
+    _train(resumed, opt2, range(3, 6), sched2)
+    for (n, p), q in zip(ref.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), n
+    assert "momentum_buffer" in next(iter(opt2._muon.state.values()))
+
+
+def test_no_weight_matrix_is_refused() -> None:
+    with pytest.raises(ValueError, match="muon=True"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))]}], lr=1e-3)

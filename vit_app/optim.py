@@ -1,0 +1,111 @@
+"""Muon for the transformer blocks' weight matrices, AdamW for everything else, as one torch Optimizer.
+
+Muon (Keller Jordan, 2024; `torch.optim.Muon`) replaces each 2-D update by its orthogonalised momentum (a few
+Newton-Schulz steps), so every direction of a weight matrix moves at the same rate. It is meant for hidden matrices
+only: the patch embedding, position and class embeddings, head, norms and biases stay on AdamW. Muon's steps are
+scaled to AdamW's RMS (PyTorch's `adjust_lr_fn="match_rms_adamw"`), so one learning rate and weight decay serve both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def is_muon_param(name: str, p: torch.Tensor) -> bool:
+    """A weight matrix inside a transformer block (qkv, proj, fc1, fc2): what Muon is for."""
+    return name.startswith("blocks.") and p.ndim == 2
+
+
+def orthogonalize(g: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> Tensor:
+    """Newton-Schulz quintic iteration towards the nearest semi-orthogonal matrix, in bf16, for a stack of
+    same-shape matrices at once: (n, A, B) -> (n, A, B). The same iteration as torch.optim.Muon's, batched."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    wide = x.size(-2) > x.size(-1)
+    if wide:
+        x = x.mT  # iterate on the side with fewer rows: the Gram matrix is (min, min)
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.mT  # (n, r, r)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b * G + c * G^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a * X + (b * G + c * G^2) X
+    return x.mT if wide else x
+
+
+class BatchedMuon(torch.optim.Muon):
+    """torch.optim.Muon with AdamW-matched step size, orthogonalising all matrices of one shape in one batched
+    call (a ViT has four shapes, each once per block): on 2 CPU cores its step measured 22 ms -> 13 ms for the
+    cifar10_cpu model. Same state (`momentum_buffer`), same update."""
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.95) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, adjust_lr_fn="match_rms_adamw")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, decay, mu = group["lr"], group["weight_decay"], group["momentum"]
+            params = [p for p in group["params"] if p.grad is not None]
+            by_shape: dict[torch.Size, list[tuple[Tensor, Tensor]]] = {}
+            for p in params:
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mu)
+                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+                by_shape.setdefault(p.shape, []).append((p, update))
+            for shape, pairs in by_shape.items():
+                ortho = orthogonalize(
+                    torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"], group["eps"]
+                )  # (n, A, B)
+                step_lr = lr * 0.2 * math.sqrt(max(shape))  # "match_rms_adamw": the RMS of an AdamW step
+                for (p, _), o in zip(pairs, ortho):
+                    p.mul_(1 - lr * decay).add_(o, alpha=-step_lr)
+        return loss
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimiser over two: groups tagged `muon=True` step with Muon, the others with AdamW.
+
+    `param_groups` is the two halves' own group dicts, so an LR scheduler, Lightning's gradient clipping and
+    `zero_grad` reach every parameter; `state_dict` holds both halves' state."""
+
+    def __init__(
+        self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.95
+    ) -> None:
+        muon = [g for g in groups if g.get("muon")]
+        adamw = [g for g in groups if not g.get("muon")]
+        if not muon:
+            raise ValueError("MuonAdamW: no parameter group is marked muon=True (no weight matrices to orthogonalise)")
+        self._muon = BatchedMuon(muon, lr=lr, momentum=momentum)
+        self._adamw = torch.optim.AdamW(adamw, lr=lr, betas=betas) if adamw else None
+        super().__init__(self._halves_groups(), {"lr": lr})
+
+    def _halves_groups(self) -> list[dict[str, Any]]:
+        return self._muon.param_groups + (self._adamw.param_groups if self._adamw is not None else [])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._muon.step()
+        if self._adamw is not None:
+            self._adamw.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self._muon.state_dict(), "adamw": self._adamw.state_dict() if self._adamw else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._muon.load_state_dict(state_dict["muon"])
+        if self._adamw is not None:
+            self._adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self._halves_groups()  # loading replaced the halves' group dicts: share the new ones
