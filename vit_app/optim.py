@@ -21,6 +21,14 @@ def is_muon_param(name: str, p: torch.Tensor) -> bool:
     return name.startswith("blocks.") and p.ndim == 2
 
 
+def _run_closure(closure: Callable[[], Any] | None) -> Any:
+    """The forward and backward an optimiser's `step(closure)` runs first (Lightning passes one); its loss."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def orthogonalize(g: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> Tensor:
     """Newton-Schulz quintic iteration towards the nearest semi-orthogonal matrix, in bf16, for a stack of
     same-shape matrices at once: (n, A, B) -> (n, A, B). The same iteration as torch.optim.Muon's, batched."""
@@ -47,10 +55,7 @@ class BatchedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         for group in self.param_groups:
             lr, decay, mu = group["lr"], group["weight_decay"], group["momentum"]
             params = [p for p in group["params"] if p.grad is not None]
@@ -92,10 +97,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         self._muon.step()
         if self._adamw is not None:
             self._adamw.step()
