@@ -31,8 +31,6 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa:
 
 from vit_app.explain.rollout import attention_rollout  # noqa: E402
 from vit_app.model import VisionTransformer  # noqa: E402
-from vit_app.module import param_groups  # noqa: E402
-from vit_app.optim import MuonAdamW  # noqa: E402
 
 SIZES = {
     "ViT-Ti": dict(embed_dim=192, depth=12, num_heads=3),
@@ -298,10 +296,7 @@ def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         xb = torch.randn(bs, 3, dm.img_size, dm.img_size, device=device)
         yb = torch.randint(0, dm.num_classes, (bs,), device=device)
         model = module.model.to(device)
-        if module.hparams.optimizer == "muon":  # the config's optimiser: Muon's step costs ~10 % on 2 CPU cores
-            opt = MuonAdamW(param_groups(model, 0.05, 1e-4, muon=True), lr=1e-4)
-        else:
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = module.build_optimizer()  # the config's own (Muon's step costs ~10 % on 2 CPU cores)
         step = _step_fn(model, opt, xb, yb, device, precision.startswith("bf16"))
         tm = interleaved({"model": step}, max(1, args.rounds // 2), 1, device)
         model_rate = bs / tm["model"]["median"]

@@ -48,6 +48,7 @@ def test_muon_groups_hold_exactly_the_blocks_weight_matrices() -> None:
     assert all(g["weight_decay"] == 0.05 for g in groups if g.get("muon"))
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon, the reference, is PyTorch >= 2.9")
 def test_steps_equal_torch_muon_and_adamw_side_by_side() -> None:
     a, b = _model(), _model()
     opt_a = MuonAdamW(param_groups(a, 0.05, muon=True), lr=1e-2)
@@ -98,6 +99,8 @@ def test_state_dict_round_trip_continues_the_run_exactly() -> None:
     assert "momentum_buffer" in next(iter(opt2._muon.state.values()))
 
 
-def test_no_weight_matrix_is_refused() -> None:
+def test_no_weight_matrix_or_a_non_matrix_is_refused() -> None:
     with pytest.raises(ValueError, match="muon=True"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))]}], lr=1e-3)
+    with pytest.raises(ValueError, match=r"2-D weight matrices only; got a parameter of shape \(3,\)"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=1e-3)

@@ -389,12 +389,17 @@ class ViTClassifier(L.LightningModule):
         epochs = t.max_epochs if t.max_epochs is not None and t.max_epochs > 0 else 1000
         return per_epoch * epochs, per_epoch
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimiser over the model's parameter groups (no schedule: that needs the trainer)."""
         hp = self.hparams
         muon = hp.optimizer == "muon"
         groups = param_groups(self.model, hp.weight_decay, hp.lr, hp.layer_decay, muon=muon)
         betas = tuple(hp.betas)
-        opt = MuonAdamW(groups, hp.lr, betas) if muon else torch.optim.AdamW(groups, lr=hp.lr, betas=betas)
+        return MuonAdamW(groups, hp.lr, betas) if muon else torch.optim.AdamW(groups, lr=hp.lr, betas=betas)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = self.build_optimizer()
         total, per_epoch = self._schedule_steps()
         self._total_steps = total
         warmup = min(int(hp.warmup_epochs * per_epoch), max(0, total - 1))
