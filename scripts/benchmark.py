@@ -263,7 +263,6 @@ def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         if kind == "synthetic" and args.quick:  # rendering 40k images is not what is measured; the rate is per batch
             extra += ["--data.synthetic_train_size", "4096"]
         extra += ["--model.pretrained", "null"]  # the architecture is what counts here; no hub download
-        extra += ["--trainer.precision", "32-true"]  # skip the trainer's probe: the precision is decided below
         cli = build_cli(["--config", str(cfg), *extra, "--trainer.logger", "false"], run=False)
         dm, module = cli.datamodule, cli.model
         dm.setup("fit")
@@ -288,10 +287,10 @@ def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         data_rate = seen / (time.perf_counter() - t)
         it.close()
         precision = (yaml.safe_load(cfg.read_text()).get("trainer") or {}).get("precision")
-        if precision is None:  # what auto picks where bf16 pays off (the probe itself is skipped here)
-            from vit_app.precision import cpu_supports_bf16
+        if precision is None:  # what fit picks on this machine
+            from vit_app.precision import choose_precision
 
-            precision = "bf16-mixed" if device.type == "cuda" or cpu_supports_bf16() else "32-true"
+            precision = choose_precision(device.type)[0]
         bs = min(dm.batch_size, args.pipeline_model_batch)  # img/s barely depends on the batch at these sizes
         xb = torch.randn(bs, 3, dm.img_size, dm.img_size, device=device)
         yb = torch.randint(0, dm.num_classes, (bs,), device=device)

@@ -13,7 +13,7 @@ from vit_app.data.datamodule import ViTDataModule
 from vit_app.data.folder import read_class_subset
 from vit_app.data.memory import TensorBatchLoader, random_crop_flip
 from vit_app.data.synthetic import SHAPES, SyntheticShapes, render_sample
-from vit_app.data.transforms import LimitAspect, build_eval_transform, eval_spec
+from vit_app.data.transforms import InputSpec, LimitAspect, build_eval_transform
 from vit_app.errors import ConfigError
 
 
@@ -131,7 +131,7 @@ def test_memory_loader_shards_see_what_one_process_sees() -> None:
 
 
 def test_eval_transform_and_extreme_aspect() -> None:
-    t = build_eval_transform(eval_spec(224, 0.875, (0.5,) * 3, (0.5,) * 3))
+    t = build_eval_transform(InputSpec(224, 0.875, (0.5,) * 3, (0.5,) * 3))
     x = t(Image.new("RGB", (300, 200), (255, 0, 0)))
     assert x.shape == (3, 224, 224)
     torch.testing.assert_close(x[0], torch.ones(224, 224))

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from vit_app.errors import ConfigError
-from vit_app.module import ViTClassifier, param_groups, warmup_cosine
+from vit_app.module import ViTClassifier
+from vit_app.optim import param_groups
 from vit_app.precision import choose_precision
+from vit_app.schedule import warmup_cosine
 
 
 def test_warmup_cosine_values() -> None:
@@ -43,7 +45,7 @@ def test_precision_choice_on_this_machine() -> None:
 
 def test_model_preset_and_overrides() -> None:
     m = ViTClassifier(arch="vit_cifar_tiny", num_classes=7, img_size=32, depth=2, class_token=False)
-    assert m.model_config["depth"] == 2 and m.model_config["global_pool"] == "avg"
+    assert m.model_config.depth == 2 and m.model_config.global_pool == "avg"
     assert m.model.head.out_features == 7
     with pytest.raises(ConfigError, match="model.arch"):
         ViTClassifier(arch="nope")
@@ -67,4 +69,4 @@ def test_patch_drop_end_is_checked() -> None:
     with pytest.raises(ConfigError, match="model.patch_drop_rate"):
         ViTClassifier(patch_drop_rate=1.5)
     m = ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2, patch_drop_rate=0.5)
-    assert m.model.patch_drop_rate == 0.5 and m.model_config["patch_drop_rate"] == 0.5
+    assert m.model.patch_drop_rate == 0.5 and m.model_config.patch_drop_rate == 0.5

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from vit_app.model import VisionTransformer
-from vit_app.module import param_groups
-from vit_app.optim import MuonAdamW
+from vit_app.optim import MuonAdamW, param_groups
 
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import CONFIGS
 from tests.odd_images import BROKEN, make_odd_images
 from vit_app.cli import build_cli
 
-TINY = ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]  # as the tiny_ckpt fixture
-
 
 def _predict(tiny_ckpt: Path, tmp_path: Path, extra: list[str]) -> Path:
+    """`vit-app predict` with no config and no architecture flags: the model comes from the checkpoint's card."""
     out = tmp_path / "pred"
-    args = ["predict", "--config", str(CONFIGS / "quickstart.yaml"), *TINY, "--ckpt_path", str(tiny_ckpt)]
+    args = ["predict", "--ckpt_path", str(tiny_ckpt)]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
     args += ["--predict_writer.output_dir", str(out), *extra]
     build_cli(args)

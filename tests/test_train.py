@@ -86,8 +86,12 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path: Path) -> None:
         differs_from_raw = (module.model(x) - expected).abs().max().item()
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
     assert differs_from_raw > 0  # so the check above really tells EMA weights from raw ones
-    meta = loaded.metadata
-    assert meta["eval_transform"]["img_size"] == 32 and meta["eval_transform"]["mean"] == [0.5, 0.5, 0.5]
+    card = loaded.card
+    assert card.input.img_size == 32 and card.input.mean == (0.5, 0.5, 0.5)
+    assert card.weights == "model_ema.module." and card.provenance.dataset == "synthetic"
+    prov = card.provenance
+    assert prov.steps == 4 and prov.seed == 0 and prov.precision in ("32-true", "bf16-mixed")
+    assert "val/acc1" in prov.metrics and prov.epochs == 1.0
 
 
 class DropRateLog(Callback):

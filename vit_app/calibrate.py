@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vit_app.card import CARD_KEY, load_model_file, read_card, save_safetensors
 from vit_app.checkpoint import atomic_write, safe_load
-from vit_app.errors import CheckpointError, ConfigError
+from vit_app.errors import ConfigError
 from vit_app.inference import InferenceModel
-from vit_app.module import CHECKPOINT_KEY
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
@@ -50,7 +51,7 @@ def validation_batches(spec: str, im: InferenceModel, batch_size: int, limit: in
     from vit_app.data.folder import ImageFolderDataset
     from vit_app.data.synthetic import SyntheticShapes
 
-    size = int(im.metadata["eval_transform"]["img_size"])
+    size = im.card.input.img_size
     kind, _, root = spec.partition(":")
     root = os.path.expanduser(root)
     if kind == "synthetic":
@@ -69,11 +70,11 @@ def validation_batches(spec: str, im: InferenceModel, batch_size: int, limit: in
         yield torch.stack([im.transform(img) for img, _ in items]), torch.tensor([y for _, y in items])
 
 
-@torch.no_grad()
 def collect_logits(im: InferenceModel, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The model's raw logits (no temperature) and the labels, over all batches."""
     logits, labels = [], []
     for x, y in batches:
-        logits.append(im.model(x.to(im.device)).float().cpu())
+        logits.append(im(x).cpu())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
 
@@ -106,12 +107,52 @@ def reliability_diagram(before: Tensor, after: Tensor, labels: Tensor, path: str
     plt.close(fig)
 
 
-def store_temperature(ckpt_path: str | os.PathLike, t: float, out: str | os.PathLike | None = None) -> Path:
-    """Write the temperature into the checkpoint's inference metadata (atomically; in place unless `out`)."""
-    ckpt = safe_load(ckpt_path)
-    if CHECKPOINT_KEY not in ckpt:
-        raise CheckpointError(f"{ckpt_path}: not a vit-app checkpoint")
-    ckpt[CHECKPOINT_KEY]["temperature"] = float(t)
-    target = Path(out or ckpt_path)
+def store_temperature(model_file: str | os.PathLike, t: float, out: str | os.PathLike | None = None) -> Path:
+    """Write the temperature into the model card of a checkpoint or .safetensors file (atomically; in place unless
+    `out`). An old-layout checkpoint's card is rewritten in the current format."""
+    src, target = Path(model_file), Path(out or model_file)
+    if src.suffix == ".safetensors":
+        card, state = load_model_file(src)
+        save_safetensors(state, card.with_temperature(t), target)
+        return target
+    ckpt = safe_load(src)
+    ckpt[CARD_KEY] = read_card(ckpt.get(CARD_KEY), src).with_temperature(t).to_dict()
     atomic_write(target, lambda f: torch.save(ckpt, f))
     return target
+
+
+@dataclass(frozen=True)
+class Calibration:
+    images: int
+    accuracy: float
+    temperature: float
+    ece_before: float
+    ece_after: float
+    model_file: Path  # where the calibrated card was written
+    plot: Path
+
+
+def calibrate(
+    im: InferenceModel,
+    model_file: str | os.PathLike,
+    data: str,
+    batch_size: int,
+    num_images: int,
+    plot: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+) -> Calibration:
+    """Fit the temperature on `data`, draw the reliability diagram to `plot`, store the temperature in the card of
+    `model_file` (or of a copy at `out`)."""
+    logits, labels = collect_logits(im, validation_batches(data, im, batch_size, num_images))
+    t = fit_temperature(logits, labels)
+    before, after = logits.softmax(-1), (logits / t).softmax(-1)
+    reliability_diagram(before, after, labels, str(plot), t)
+    return Calibration(
+        images=len(labels),
+        accuracy=float((logits.argmax(1) == labels).float().mean()),
+        temperature=t,
+        ece_before=expected_calibration_error(before, labels),
+        ece_after=expected_calibration_error(after, labels),
+        model_file=store_temperature(model_file, t, out),
+        plot=Path(plot),
+    )

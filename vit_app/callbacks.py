@@ -1,4 +1,4 @@
-"""Lightning callbacks of our own."""
+"""Lightning callbacks and the checkpoint IO plugin of our own."""
 
 from __future__ import annotations
 
@@ -9,12 +9,24 @@ from typing import IO, Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vit_app.checkpoint import atomic_write, safe_load
 from vit_app.errors import BadDataError, ConfigError
 from vit_app.plots import confusion_matrix, format_per_class, per_class_rows, plot_confusion, write_per_class_csv
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO: atomic saves, weights_only loads (resume included)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return safe_load(path, map_location=map_location if map_location is not None else "cpu")
 
 
 class Checkpoint(ModelCheckpoint):
@@ -104,7 +116,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dl_idx: int = 0,
     ) -> None:
-        from vit_app.classify import topk_records
+        from vit_app.inference import topk_records
 
         records = topk_records(prediction["probs"].cpu(), self._class_names, self.topk)
         for i, (path, error) in enumerate(zip(prediction["path"], prediction["error"])):

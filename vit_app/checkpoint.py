@@ -1,4 +1,5 @@
-"""One safe way to read and write checkpoints: weights_only loading, never a fallback; atomic, fsynced writes."""
+"""One safe way to read and write model files: weights_only loading, never a fallback; atomic, fsynced writes.
+No Lightning here: inference reads checkpoints through this module too."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vit_app.errors import CheckpointError
 
@@ -62,13 +62,3 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO: atomic saves, weights_only loads (resume included)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return safe_load(path, map_location=map_location if map_location is not None else "cpu")

@@ -8,29 +8,13 @@ import sys
 from collections.abc import Iterable
 from typing import IO, Any, Literal
 
-import torch
 from tqdm import tqdm
 
-from vit_app.inference import InferenceModel
+from vit_app.inference import InferenceModel, topk_records
 from vit_app.inputs import Item, expand_inputs, iter_batches, stack_ok
 
 OutputFormat = Literal["table", "json", "csv"]
 PROGRESS_MIN_IMAGES = 64  # show a progress bar (on stderr) from this many images
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return torch.device(device)
-
-
-@torch.no_grad()
-def predict_probs(im: InferenceModel, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (B, C) for a normalised batch, with the checkpoint's temperature (1 unless calibrated)."""
-    logits = im.model(x.to(im.device)).float()
-    return torch.softmax(logits / float(im.metadata.get("temperature", 1.0)), dim=-1).cpu()
 
 
 class Writer:
@@ -66,15 +50,6 @@ class Writer:
         self.out.flush()
 
 
-def topk_records(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict[str, Any]]]:
-    k = min(k, probs.shape[1])
-    p, idx = probs.topk(k, dim=1)
-    return [
-        [{"label": class_names[int(j)], "index": int(j), "prob": round(float(q), 6)} for q, j in zip(pr, ix)]
-        for pr, ix in zip(p, idx)
-    ]
-
-
 def classify(
     im: InferenceModel,
     inputs: Iterable[str],
@@ -102,7 +77,7 @@ def classify(
     bar = tqdm(total=len(paths), unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES, file=err, leave=False)
     for items in iter_batches(paths, im.transform, batch_size):
         _, x = stack_ok(items)
-        records = iter(topk_records(predict_probs(im, x), im.class_names, topk)) if x is not None else iter(())
+        records = iter(topk_records(im.probs(x), im.class_names, topk)) if x is not None else iter(())
         for item in items:  # keep the input order, errors in place
             if item.error is None:
                 writer.result(item.path, next(records))

@@ -1,35 +1,20 @@
-"""The `vit-app` entry point: LightningCLI subcommands (fit/validate/test/predict) plus the tools."""
+"""The `vit-app` entry point: it parses the command line and dispatches; the work happens in the modules it names.
+
+Nothing heavy is imported at start-up: Lightning only for fit / validate / test / predict, torch when a command
+needs a model.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
-from jsonargparse import ArgumentError
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
 from vit_app import __version__
-from vit_app.callbacks import BadImageReport, Checkpoint, EvalReport, PredictionWriter
-from vit_app.checkpoint import SafeCheckpointIO
-from vit_app.data.datamodule import ViTDataModule
 from vit_app.errors import ConfigError, UserError
-from vit_app.module import ViTClassifier
-from vit_app.precision import choose_precision
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-log = logging.getLogger("vit_app")
 
 TOP_HELP = f"""vit-app {__version__}: train Vision Transformers, classify images, and see why they decided.
 
@@ -58,112 +43,11 @@ Global options:
 """
 
 
-class ViTCLI(LightningCLI):
-    """LightningCLI with our links (data -> model), a best/last checkpoint callback and automatic precision."""
+def build_cli(args: list[str], run: bool = True) -> Any:
+    """The LightningCLI for fit / validate / test / predict (see vit_app.train_cli)."""
+    from vit_app.train_cli import build_cli as build
 
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        parser.add_lightning_class_args(PredictionWriter, "predict_writer")
-        parser.add_lightning_class_args(EvalReport, "eval_report")
-        parser.add_lightning_class_args(BadImageReport, "bad_images")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc1",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
-        # Written once, in the data section; the model reads them from the instantiated DataModule.
-        for key in ("num_classes", "class_names", "img_size", "mean", "std", "crop_pct"):
-            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-
-    def before_instantiate_classes(self) -> None:
-        if torch.cuda.is_available():
-            torch.set_float32_matmul_precision("high")
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            self._resolve_last(cfg)
-        if cfg.get("ckpt_path") and cfg["model"].get("pretrained"):
-            cfg["model"]["pretrained"] = None  # the checkpoint's weights replace them anyway: no download
-
-    def _resolve_last(self, cfg: Any) -> None:
-        """--ckpt_path last: the newest last.ckpt of this run name, continuing in its own version folder."""
-        logger = cfg["trainer"].get("logger")
-        init = logger.get("init_args", {}) if hasattr(logger, "get") else {}
-        save_dir, name = init.get("save_dir") or "runs", init.get("name") or "lightning_logs"
-        found = sorted(Path(save_dir, name).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError(f"--ckpt_path last: no last.ckpt under {Path(save_dir, name)}/version_*/checkpoints/")
-        cfg["ckpt_path"] = str(found[-1])
-        version = found[-1].parent.parent.name.removeprefix("version_")
-        if hasattr(logger, "get") and version.isdigit():
-            logger["init_args"]["version"] = int(version)
-        rank_zero_info(f"vit-app: resuming from {found[-1]}")
-
-    def _auto_precision(self) -> str:
-        """Pick the precision once the model exists: on a single CPU process it is probed on a real-size batch."""
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        single = str(trainer_cfg.get("devices", "auto")) in ("auto", "1") and "WORLD_SIZE" not in os.environ
-        example = None
-        if single and isinstance(self.datamodule, ViTDataModule):
-            s = self.datamodule.img_size
-            example = torch.randn(self.datamodule.batch_size, 3, s, s)  # the probe takes what fits its time budget
-        precision, reason = choose_precision(trainer_cfg.get("accelerator"), self.model.model, example)
-        rank_zero_info(f"vit-app: precision {precision} (auto: {reason}; set trainer.precision to choose)")
-        return precision
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("precision") is None:
-            kwargs["precision"] = self._auto_precision()
-        else:
-            rank_zero_info(f"vit-app: precision {trainer_cfg['precision']} (from the config)")
-        plugins = trainer_cfg.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = [*plugins, SafeCheckpointIO()]  # atomic saves, weights_only loads
-        return super().instantiate_trainer(**kwargs)
-
-    def after_fit(self) -> None:
-        cb = self.trainer.checkpoint_callback
-        if isinstance(cb, ModelCheckpoint) and self.trainer.is_global_zero:
-            for kind, path in (("best", cb.best_model_path), ("last", cb.last_model_path)):
-                if path and os.path.isfile(path):
-                    print(f"vit-app: {kind} checkpoint: {path}")
-
-
-class _DropNoise(logging.Filter):
-    """Drop Lightning's advertising tip from the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def _quiet_lightning() -> None:
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        handler.addFilter(_DropNoise())
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-
-
-def build_cli(args: list[str], run: bool = True) -> ViTCLI:
-    """The LightningCLI over our module and data module (run=False: parse and instantiate only, for tests)."""
-    _quiet_lightning()
-    return ViTCLI(
-        ViTClassifier,
-        ViTDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "callbacks": [LearningRateMonitor(logging_interval="step")],
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-        },
-        parser_kwargs={"exit_on_error": False},  # main() prints a short message instead of the full usage
-        args=args,
-        run=run,
-    )
+    return build(args, run)
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -178,14 +62,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu or cuda")
 
 
-def _load(args: argparse.Namespace):
-    from vit_app.classify import resolve_device
-    from vit_app.inference import load_for_inference
+def _load(args: argparse.Namespace) -> Any:
+    from vit_app.inference import load_for_inference, resolve_device
 
     try:
         device = resolve_device(args.device)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"--device: {e}") from None
     return load_for_inference(args.ckpt, device)
 
 
@@ -327,20 +210,12 @@ def cmd_calibrate(argv: list[str]) -> int:
     p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
     p.add_argument("--plot", default="reliability.png", help="reliability diagram PNG")
     args = p.parse_args(argv)
-    from vit_app import calibrate as cal
+    from vit_app.calibrate import calibrate
 
-    im = _load(args)
-    im.metadata["temperature"] = 1.0
-    logits, labels = cal.collect_logits(im, cal.validation_batches(args.data, im, args.batch_size, args.num_images))
-    t = cal.fit_temperature(logits, labels)
-    before, after = logits.softmax(-1), (logits / t).softmax(-1)
-    ece0, ece1 = cal.expected_calibration_error(before, labels), cal.expected_calibration_error(after, labels)
-    cal.reliability_diagram(before, after, labels, args.plot, t)
-    path = cal.store_temperature(args.ckpt, t, args.out)
-    acc = float((logits.argmax(1) == labels).float().mean())
-    print(f"images: {len(labels)}  accuracy: {acc:.4f}  temperature: {t:.4f}")
-    print(f"ECE before: {ece0:.4f}  after: {ece1:.4f}")
-    print(f"vit-app calibrate: stored T={t:.4f} in {path}; diagram: {args.plot}", file=sys.stderr)
+    r = calibrate(_load(args), args.ckpt, args.data, args.batch_size, args.num_images, args.plot, args.out)
+    print(f"images: {r.images}  accuracy: {r.accuracy:.4f}  temperature: {r.temperature:.4f}")
+    print(f"ECE before: {r.ece_before:.4f}  after: {r.ece_after:.4f}")
+    print(f"vit-app calibrate: stored T={r.temperature:.4f} in {r.model_file}; diagram: {r.plot}", file=sys.stderr)
     return 0
 
 
@@ -369,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     tools = _tools()
     try:
         if args[0] in LIGHTNING_COMMANDS:
-            build_cli(args)
-            return 0
+            from vit_app.train_cli import run
+
+            return run(args)
         if args[0] in tools:
             return tools[args[0]](args[1:])
     except UserError as e:
@@ -378,21 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vit-app: error: {e}", file=sys.stderr)
         return 2
-    except SIGTERMException:
-        print(
-            "vit-app: stopped by SIGTERM; the last checkpoint was saved (resume with --ckpt_path last)", file=sys.stderr
-        )
-        return 143
     except FloatingPointError as e:  # a diverged run: the message says where and what to try
         if debug:
             raise
         print(f"vit-app: error: {e}", file=sys.stderr)
         return 3
-    except ArgumentError as e:  # jsonargparse: unknown key, wrong type, unreadable config file
-        if debug:
-            raise
-        msg = str(e).strip().replace("\n", " ").replace("  ", " ")
-        print(f"vit-app: config error: {msg}\n(see 'vit-app {args[0]} --help' for the options)", file=sys.stderr)
-        return 2
     print(f"vit-app: unknown command {args[0]!r}; run 'vit-app --help' for the list", file=sys.stderr)
     return 2

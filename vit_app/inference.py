@@ -1,59 +1,119 @@
-"""Load a checkpoint for inference: no config file, no CLI. classify, attention and export all start here."""
+"""A trained model, ready to use from Python or a command: load it from a checkpoint or an exported file, classify
+images and explain its decisions. Reads only the model card; knows nothing of training (no Lightning import).
+
+    from vit_app.inference import load_for_inference
+    m = load_for_inference("best.ckpt")
+    m.predict(["a.jpg", pil_image], topk=3)   # per image: [{"label", "index", "prob"}, ...]
+    m.explain(["a.jpg"], method="rollout")     # (N, grid_h, grid_w)
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-from vit_app.checkpoint import safe_load
+from vit_app.card import ModelCard, load_model_file
+from vit_app.data.images import load_image
 from vit_app.data.transforms import build_eval_transform
 from vit_app.errors import CheckpointError
 from vit_app.model import VisionTransformer
-from vit_app.module import CHECKPOINT_KEY
+
+ImageLike = str | os.PathLike | Image.Image
 
 
-@dataclass
+def topk_records(probs: torch.Tensor, class_names: list[str], k: int) -> list[list[dict[str, Any]]]:
+    """Per row of probs (B, C): the k most likely classes as [{"label", "index", "prob"}, ...], most likely first."""
+    k = min(k, probs.shape[1])
+    p, idx = probs.topk(k, dim=1)
+    return [
+        [{"label": class_names[int(j)], "index": int(j), "prob": round(float(q), 6)} for q, j in zip(pr, ix)]
+        for pr, ix in zip(p, idx)
+    ]
+
+
 class InferenceModel:
-    """A model in eval mode with what it needs to read images: class names and the eval transform."""
+    """A model in eval mode with its card: `m(x)` gives logits, `m.probs(x)` calibrated probabilities, and
+    `predict` / `explain` take image files or PIL images."""
 
-    model: VisionTransformer
-    class_names: list[str]
-    transform: Callable[[Image.Image], torch.Tensor]
-    metadata: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, model: VisionTransformer, card: ModelCard) -> None:
+        self.model = model.eval()
+        self.card = card
+        self.transform = build_eval_transform(card.input)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.class_names
+
+    @property
+    def temperature(self) -> float:
+        return self.card.temperature
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def to(self, device: str | torch.device) -> InferenceModel:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) for a normalised batch (B, 3, S, S)."""
+        return self.model(x.to(self.device)).float()
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, C) for a normalised batch, with the card's temperature (1 unless calibrated)."""
+        return torch.softmax(self(x) / self.temperature, dim=-1).cpu()
+
+    def load(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Image files or PIL images -> the normalised batch (N, 3, S, S) the model takes. A file that cannot be
+        read raises ImageLoadError naming it."""
+        pil = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
+        return torch.stack([self.transform(img) for img in pil])
+
+    def predict(self, images: Sequence[ImageLike], topk: int = 5, batch_size: int = 32) -> list[list[dict[str, Any]]]:
+        """Per image, the top-k classes as [{"label", "index", "prob"}, ...]: what `vit-app classify --format json`
+        writes for it."""
+        out: list[list[dict[str, Any]]] = []
+        for start in range(0, len(images), batch_size):
+            x = self.load(images[start : start + batch_size])
+            out += topk_records(self.probs(x), self.class_names, topk)
+        return out
+
+    def explain(self, images: Sequence[ImageLike], method: str = "rollout", **options: Any) -> torch.Tensor:
+        """Maps (N, grid_h, grid_w) for the images, as `vit-app attention` writes them to .npy. `options` go to
+        vit_app.explain.engine.explain (head_fusion, discard_ratio, layer, target)."""
+        from vit_app.explain.engine import explain
+
+        x = self.load(images).to(self.device)
+        return explain(self.model, x, method, temperature=self.temperature, **options).maps.cpu()  # type: ignore[arg-type]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' (a CUDA GPU when there is one), 'cpu', 'cuda' or 'cuda:N'."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA GPU is available here; use cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N") from None
+
 
 def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
-    """Rebuild the model saved in a vit-app checkpoint (or exported .safetensors), load its weights (the EMA
-    weights if it was trained with them), in eval mode, with its class names and eval transform."""
-    if str(path).endswith(".safetensors"):
-        from vit_app.export import load_safetensors
-
-        weights, meta = load_safetensors(path)
-        if meta is None:
-            raise CheckpointError(f"{path}: a safetensors file without vit-app metadata (export it with vit-app)")
-    else:
-        ckpt = safe_load(path)
-        meta = ckpt.get(CHECKPOINT_KEY)
-        if not isinstance(meta, dict) or "model_config" not in meta:
-            raise CheckpointError(f"{path}: not a vit-app checkpoint (it has no '{CHECKPOINT_KEY}' entry)")
-        state = ckpt.get("state_dict", {})
-        prefix = meta.get("weights", "model.")
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        meta = {**meta, "weights": ""}
-    model = VisionTransformer(**meta["model_config"])
+    """The model saved in a vit-app checkpoint or exported .safetensors file (its EMA weights if it was trained
+    with them), in eval mode, with its card. Loaded safely: tensors and plain data only."""
+    device = resolve_device(device)
+    card, weights = load_model_file(path)
+    model = VisionTransformer(card.model)
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         reason = str(e).splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the model config it records ({reason})") from None
-    model.eval().to(device)
-    return InferenceModel(model, list(meta["class_names"]), build_eval_transform(meta["eval_transform"]), meta)
+        raise CheckpointError(f"{path}: weights do not fit the model config its card records ({reason})") from None
+    return InferenceModel(model, card).to(device)

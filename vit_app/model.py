@@ -7,7 +7,9 @@ Parameter names and shapes equal timm's for the same constructor arguments, so a
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -15,6 +17,85 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GlobalPool = Literal["token", "avg"]
+# Settings that only regularise training: they change no weight and no evaluation output.
+TRAINING_ONLY = frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate"})
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything that builds a VisionTransformer, under timm's argument names: timm's
+    `VisionTransformer(**config.to_dict())` has the same parameter names and shapes."""
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: GlobalPool = "token"
+    fc_norm: bool | None = None  # None: timm's rule (norm after pooling for "avg")
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    patch_drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be a whole number >= 0, got {self.num_classes!r}")
+        size = _pair(self.img_size)
+        if min(size) < 1 or size[0] % self.patch_size or size[1] % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a positive multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
+        for name in sorted(TRAINING_ONLY):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A copy with `changes` applied; None values leave a field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe data (img_size as an int or a [h, w] list)."""
+        d = dataclasses.asdict(self)
+        if isinstance(d["img_size"], tuple):
+            d["img_size"] = list(d["img_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        """The inverse of to_dict; an unknown key is a ValueError (a config from a newer vit-app, or not ours)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("img_size"), list):
+            d["img_size"] = tuple(d["img_size"])
+        return cls(**d)
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that decide the weights and the outputs (not the training-only regularisers)."""
+        return {k: v for k, v in self.to_dict().items() if k not in TRAINING_ONLY}
+
+    def differences(self, other: ViTConfig) -> list[str]:
+        """'key: ours vs theirs' for every architecture field that differs."""
+        a, b = self.architecture(), other.architecture()
+        return [f"{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -166,49 +247,32 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """Vision Transformer with timm's argument names, parameter names and shapes."""
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        class_token: bool = True,
-        global_pool: GlobalPool = "token",
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        fc_norm: bool | None = None,
-        patch_drop_rate: float = 0.0,
-    ) -> None:
+    def __init__(self, config: ViTConfig | None = None, **kwargs: Any) -> None:
+        """VisionTransformer(config) or VisionTransformer(**timm_style_kwargs), e.g. embed_dim=192, depth=12."""
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if not 0.0 <= patch_drop_rate < 1.0:
-            raise ValueError(f"patch_drop_rate must be in [0, 1), got {patch_drop_rate}")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
-        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm  # timm's rule: GAP models norm after pool
+        if config is not None and kwargs:
+            raise TypeError("pass either a ViTConfig or keyword arguments, not both")
+        cfg = self.config = config if config is not None else ViTConfig(**kwargs)
+        img_size, patch_size, in_chans, embed_dim = cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim
+        depth, num_heads, mlp_ratio, qkv_bias = cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias
+        num_classes, class_token, global_pool = cfg.num_classes, cfg.class_token, cfg.global_pool
+        use_fc_norm = global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm  # timm: GAP norms after pooling
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
-        self.patch_drop_rate = patch_drop_rate  # a plain attribute (no weights): a trainer may schedule it
+        self.patch_drop_rate = cfg.patch_drop_rate  # a plain attribute (no weights): a trainer may schedule it
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
-        rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
+        rates = [cfg.drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=attn_drop_rate, drop_path=r) for r in rates
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=r) for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if not use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
@@ -312,24 +376,24 @@ class VisionTransformer(nn.Module):
 
 
 # Named sizes (big_vision style). The CIFAR presets follow the small-data ViT literature (patch 4 on 32 px).
-PRESETS: dict[str, dict[str, Any]] = {
-    "vit_cifar_tiny": dict(img_size=32, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0),
-    "vit_cifar_small": dict(img_size=32, patch_size=4, embed_dim=384, depth=7, num_heads=6, mlp_ratio=2.0),
-    "vit_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
-}
+PRESETS: dict[str, ViTConfig] = {
+    "vit_cifar_tiny": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=9, num_heads=3,
+                                mlp_ratio=2.0),
+    "vit_cifar_small": ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=384, depth=7, num_heads=6,
+                                 mlp_ratio=2.0),
+    "vit_tiny_patch16_224": ViTConfig(embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": ViTConfig(embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": ViTConfig(embed_dim=768, depth=12, num_heads=12),
+}  # fmt: skip
 
 
-def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """The constructor arguments of a preset, with `overrides` (ignoring None values) applied."""
+def preset_config(name: str, **overrides: Any) -> ViTConfig:
+    """A preset's config with `overrides` (timm's names; None values ignored) applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    cfg = dict(PRESETS[name])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return cfg
+    return PRESETS[name].replace(**overrides)
 
 
 def create_model(name: str, **overrides: Any) -> VisionTransformer:
     """Build a preset by name, e.g. create_model("vit_small_patch16_224", num_classes=10)."""
-    return VisionTransformer(**preset_config(name, **overrides))
+    return VisionTransformer(preset_config(name, **overrides))

@@ -1,140 +1,30 @@
-"""The LightningModule: steps, metrics, optimiser and schedule. The model itself knows nothing of Lightning."""
+"""The LightningModule: training, evaluation and prediction steps, their metrics, and what a checkpoint carries.
+The model knows nothing of Lightning; schedules, optimisers, weight loading and the card live in their own modules."""
 
 from __future__ import annotations
 
 import math
 import os
-import random
-import time
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_app.data.transforms import eval_spec
+from vit_app.card import CARD_KEY, ModelCard, Provenance, read_card
+from vit_app.data.transforms import InputSpec
 from vit_app.errors import CheckpointError, ConfigError
-from vit_app.model import PRESETS, VisionTransformer, preset_config
-from vit_app.optim import MuonAdamW, is_muon_param
+from vit_app.model import PRESETS, VisionTransformer, ViTConfig, preset_config
+from vit_app.optim import OptimizerName, build_optimizer
+from vit_app.pretrained import load_pretrained
+from vit_app.rng import rng_states, set_rng_states
+from vit_app.schedule import TrainingClock, warmup_cosine
 
-CHECKPOINT_KEY = "vit_app"  # the checkpoint entry that holds everything inference needs
-CHECKPOINT_FORMAT = 1
-
-
-def warmup_cosine(
-    step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, progress: float | None = None
-) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1 over `warmup_steps`, then cosine down to `min_ratio` at the end.
-    `progress` in [0, 1], when given, replaces the step-based position in the cosine (time-budgeted runs)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = progress if progress is not None else (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    t = min(1.0, max(0.0, t))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def rng_states() -> dict[str, Any]:
-    """Every random stream training draws on (torch CPU and CUDA, numpy, python), as weights_only-safe types."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(tuple(states["python"][:1]) + (tuple(states["python"][1]),) + tuple(states["python"][2:]))
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for blocks.i, depth + 1 for the final norm and head (layer-wise LR decay)."""
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def param_groups(
-    model: torch.nn.Module,
-    weight_decay: float,
-    lr: float = 1e-3,
-    layer_decay: float | None = None,
-    muon: bool = False,
-) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices; none on norms, biases, position and class embeddings; with
-    `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer). With `muon`, the
-    blocks' weight matrices go to groups of their own marked muon=True (see vit_app.optim.MuonAdamW)."""
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    depth = len(getattr(model, "blocks", []))
-    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim <= 1 or name in skip
-        layer = layer_id(name, depth) if layer_decay is not None else depth + 1
-        to_muon = muon and is_muon_param(name, p)
-        g = groups.setdefault(
-            (layer, no_decay, to_muon), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
-        )
-        if to_muon:
-            g["muon"] = True
-        if layer_decay is not None:
-            g["lr"] = lr * layer_decay ** (depth + 1 - layer)
-        g["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
-
-
-def load_pretrained(model: VisionTransformer, source: str) -> None:
-    """Load timm-format weights from a local .safetensors/.pth file or a timm hub name into `model`; the position
-    embedding is resampled to the model's grid and a head of another class count is left freshly initialised."""
-    if os.path.isfile(source):
-        if source.endswith(".safetensors"):
-            from vit_app.export import load_safetensors
-
-            state, _ = load_safetensors(source)
-        else:
-            from vit_app.checkpoint import safe_load
-
-            state = safe_load(source)
-            for key in ("state_dict", "model", "module"):  # common wrappers around a state dict
-                if key in state and isinstance(state[key], dict):
-                    state = state[key]
-    elif "/" in source or "." in source or source.startswith("vit_"):
-        import timm
-
-        try:
-            state = timm.create_model(source, pretrained=True).state_dict()
-        except Exception as e:  # no network, unknown name, hub errors
-            raise ConfigError(f"model.pretrained: cannot fetch {source!r} from the hub ({e})") from None
-    else:
-        raise ConfigError(f"model.pretrained: {source!r} is neither a file nor a timm model name")
-    head = {k: v for k, v in state.items() if k.startswith("head.")}
-    if any(v.shape != model.state_dict()[k].shape for k, v in head.items() if k in model.state_dict()):
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}  # another class count: new head
-    ours = model.state_dict()
-    unexpected = [k for k in state if k not in ours]
-    wrong = [k for k, v in state.items() if k in ours and k != "pos_embed" and v.shape != ours[k].shape]
-    if unexpected or wrong:
-        detail = ", ".join((unexpected + wrong)[:4])
-        raise CheckpointError(
-            f"model.pretrained: {source} holds weights of a different model ({detail}); match model.arch "
-            "(embed_dim, depth, num_heads, patch_size) to the weights"
-        )
-    missing = [k for k in ours if k not in state and not k.startswith("head.")]
-    if missing:
-        raise CheckpointError(f"model.pretrained: {source} lacks {', '.join(missing[:4])}")
-    model.load_state_dict(state, strict=False)
+# ViTClassifier arguments that are ViTConfig fields (timm's names): the CLI sets them from a checkpoint's card.
+ARCH_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "class_token", "global_pool",
+             "fc_norm")  # fmt: skip
 
 
 class ViTClassifier(L.LightningModule):
@@ -157,6 +47,7 @@ class ViTClassifier(L.LightningModule):
         qkv_bias: override the preset's qkv bias.
         class_token: override the preset's class token.
         global_pool: "token" (class token) or "avg" (mean of patch tokens).
+        fc_norm: norm after pooling instead of before (default: timm's rule, true for "avg").
         drop_rate: dropout before the head.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth rate of the last block (linear in depth).
@@ -195,9 +86,9 @@ class ViTClassifier(L.LightningModule):
         num_classes: int = 10,
         img_size: int = 32,
         class_names: list[str] | None = None,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        crop_pct: float = 1.0,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        crop_pct: float | None = None,
         patch_size: int | None = None,
         embed_dim: int | None = None,
         depth: int | None = None,
@@ -206,12 +97,13 @@ class ViTClassifier(L.LightningModule):
         qkv_bias: bool | None = None,
         class_token: bool | None = None,
         global_pool: Literal["token", "avg"] | None = None,
+        fc_norm: bool | None = None,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         patch_drop_rate: float = 0.0,
         patch_drop_end: float = 1.0,
-        optimizer: Literal["adamw", "muon"] = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -232,45 +124,33 @@ class ViTClassifier(L.LightningModule):
             raise ConfigError(f"model.arch: unknown preset {arch!r}; choose one of: {', '.join(PRESETS)}")
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if not 0.0 <= patch_drop_rate < 1.0:
-            raise ConfigError(f"model.patch_drop_rate must be in [0, 1), got {patch_drop_rate}")
         if not 0.0 <= patch_drop_end <= 1.0:
             raise ConfigError(f"model.patch_drop_end must be in [0, 1], got {patch_drop_end}")
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-        self.model_config = preset_config(
-            arch,
-            img_size=img_size,
-            num_classes=num_classes,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            class_token=class_token,
-            global_pool=global_pool,
-            drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate,
-            drop_path_rate=drop_path_rate,
-            patch_drop_rate=patch_drop_rate,
-        )
         if class_token is False and global_pool is None:  # no class token to pool: average the patch tokens
-            self.model_config["global_pool"] = "avg"
-        self.model = VisionTransformer(**self.model_config)
+            global_pool = "avg"
+        try:
+            self.input_spec = InputSpec.create(img_size, crop_pct, mean, std)
+            self.model_config: ViTConfig = preset_config(
+                arch, img_size=img_size, num_classes=num_classes, patch_size=patch_size, embed_dim=embed_dim,
+                depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, class_token=class_token,
+                global_pool=global_pool, fc_norm=fc_norm, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                drop_path_rate=drop_path_rate, patch_drop_rate=patch_drop_rate,
+            )  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from None
+        self.model = VisionTransformer(self.model_config)
         if pretrained:
             load_pretrained(self.model, pretrained)
+        self.temperature = 1.0  # from a calibrated checkpoint's card when evaluating or predicting with one
+        self.clock = TrainingClock(time_budget_min)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
 
-            self.mixup = Mixup(
-                mixup_alpha=mixup_alpha,
-                cutmix_alpha=cutmix_alpha,
-                prob=mixup_prob,
-                label_smoothing=label_smoothing,
-                num_classes=num_classes,
-            )
+            self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob,
+                               label_smoothing=label_smoothing, num_classes=num_classes)  # fmt: skip
         self.model_ema = None
         if ema_decay is not None:
             from timm.utils import ModelEmaV3
@@ -291,6 +171,13 @@ class ViTClassifier(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.eval_model(x) if not self.training else self.model(x)
+
+    def setup(self, stage: str) -> None:
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        if stage == "fit" and names and len(names) == len(self.class_names):
+            self.class_names = list(names)  # e.g. read from a dataset that prepare_data downloaded after __init__
+
+    # --- training ---------------------------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
         x, y = batch[0], batch[1]  # a third item lists unreadable files (the BadImageReport callback counts them)
@@ -314,30 +201,63 @@ class ViTClassifier(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
-    def _time_progress(self) -> float:
-        """Share of the time budget spent (0 before training starts)."""
-        start = getattr(self, "_train_start", None)
-        if start is None or self.hparams.time_budget_min is None:
-            return 0.0
-        return (time.monotonic() - start) / (60.0 * self.hparams.time_budget_min)
-
-    def _train_progress(self) -> float:
-        """Share of training done: of the time budget when there is one, else of the scheduled steps."""
-        if self.hparams.time_budget_min is not None:
-            return self._time_progress()
-        total = getattr(self, "_total_steps", 0)
-        return self.global_step / total if total else 0.0
+    def on_train_start(self) -> None:
+        self.clock.start()
+        states = getattr(self, "_rng_to_restore", None)
+        if states is not None:  # resuming: continue every random stream exactly where the checkpoint left it
+            set_rng_states(states)
+            self._rng_to_restore = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         hp = self.hparams
         if hp.patch_drop_rate > 0:  # PatchDropout until patch_drop_end, then every token (as in evaluation)
-            self.model.patch_drop_rate = hp.patch_drop_rate if self._train_progress() < hp.patch_drop_end else 0.0
+            done = self.clock.progress(self.global_step)
+            self.model.patch_drop_rate = hp.patch_drop_rate if done < hp.patch_drop_end else 0.0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.model_ema is not None:
             self.model_ema.update(self.model, step=self.global_step)
-        if self.hparams.time_budget_min is not None and self._time_progress() >= 1.0:
+        if self.clock.expired():
             self.trainer.should_stop = True  # time is up: Lightning ends the run after this step
+
+    def _schedule_steps(self) -> tuple[int, int]:
+        """(total optimiser steps, steps per epoch). Asked of the DataModule when there is one: the trainer's own
+        estimate builds the train loader before a checkpoint is restored, which loses its mid-epoch position."""
+        t = self.trainer
+        dm = getattr(t, "datamodule", None)
+        if dm is None or not hasattr(dm, "train_batches_per_epoch"):
+            total = int(t.estimated_stepping_batches)
+            return total, max(1, math.ceil(t.num_training_batches / t.accumulate_grad_batches))
+        batches = dm.train_batches_per_epoch()
+        limit = t.limit_train_batches
+        if limit is not None:
+            batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
+        per_epoch = max(1, math.ceil(batches / t.accumulate_grad_batches))
+        if t.max_steps is not None and t.max_steps > 0:
+            return t.max_steps, per_epoch
+        epochs = t.max_epochs if t.max_epochs is not None and t.max_epochs > 0 else 1000
+        return per_epoch * epochs, per_epoch
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = self.build_optimizer()
+        total, per_epoch = self._schedule_steps()
+        self.clock.total_steps, self._steps_per_epoch = total, per_epoch
+        warmup = min(int(hp.warmup_epochs * per_epoch), max(0, total - 1))
+        min_ratio, clock, budgeted = hp.min_lr_ratio, self.clock, hp.time_budget_min is not None
+
+        def schedule(step: int) -> float:
+            progress = clock.time_progress() if budgeted else None  # the cosine follows the clock in a budget
+            return warmup_cosine(step, warmup, total, min_ratio, progress=progress)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- evaluation and prediction ----------------------------------------------------------------------------
 
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor] | None:
         x, y = batch[0], batch[1]
@@ -359,95 +279,55 @@ class ViTClassifier(L.LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Probabilities for a predict batch and, when a writer asked for them (`predict_maps`), rollout maps."""
+        """Probabilities (with the card's temperature) for a predict batch and, when a writer asked for them
+        (`predict_maps`), rollout maps."""
         x = batch["x"]
         out: dict[str, Any] = {"index": batch["index"], "path": batch["path"], "error": batch["error"]}
         if getattr(self, "predict_maps", False):
             from vit_app.explain.engine import explain
 
-            ex = explain(self.eval_model, x, "rollout")
+            ex = explain(self.eval_model, x, "rollout", temperature=self.temperature)
             out["probs"], out["maps"] = ex.probs, ex.maps
         else:
-            out["probs"] = torch.softmax(self.eval_model(x).float(), dim=-1)
+            out["probs"] = torch.softmax(self.eval_model(x).float() / self.temperature, dim=-1)
         return out
 
-    def _schedule_steps(self) -> tuple[int, int]:
-        """(total optimiser steps, steps per epoch). Asked of the DataModule when there is one: the trainer's own
-        estimate builds the train loader before a checkpoint is restored, which loses its mid-epoch position."""
-        t = self.trainer
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def card(self) -> ModelCard:
+        """The model card this module's checkpoints carry."""
+        t = self._trainer
         dm = getattr(t, "datamodule", None)
-        if dm is None or not hasattr(dm, "train_batches_per_epoch"):
-            total = int(t.estimated_stepping_batches)
-            return total, max(1, math.ceil(t.num_training_batches / t.accumulate_grad_batches))
-        batches = dm.train_batches_per_epoch()
-        limit = t.limit_train_batches
-        if limit is not None:
-            batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
-        per_epoch = max(1, math.ceil(batches / t.accumulate_grad_batches))
-        if t.max_steps is not None and t.max_steps > 0:
-            return t.max_steps, per_epoch
-        epochs = t.max_epochs if t.max_epochs is not None and t.max_epochs > 0 else 1000
-        return per_epoch * epochs, per_epoch
-
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimiser over the model's parameter groups (no schedule: that needs the trainer)."""
-        hp = self.hparams
-        muon = hp.optimizer == "muon"
-        groups = param_groups(self.model, hp.weight_decay, hp.lr, hp.layer_decay, muon=muon)
-        betas = tuple(hp.betas)
-        return MuonAdamW(groups, hp.lr, betas) if muon else torch.optim.AdamW(groups, lr=hp.lr, betas=betas)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        opt = self.build_optimizer()
-        total, per_epoch = self._schedule_steps()
-        self._total_steps = total
-        warmup = min(int(hp.warmup_epochs * per_epoch), max(0, total - 1))
-        min_ratio = hp.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            return warmup_cosine(step, warmup, total, min_ratio)
-
-        def timed_schedule(step: int) -> float:
-            return warmup_cosine(step, warmup, total, min_ratio, progress=self._time_progress())
-
-        budgeted = hp.time_budget_min is not None
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, timed_schedule if budgeted else schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def inference_metadata(self) -> dict[str, Any]:
-        """Plain data (safe for weights_only loading) that rebuilds the model and its eval transform."""
-        hp = self.hparams
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model_config": dict(self.model_config),
-            "class_names": list(self.class_names),
-            "eval_transform": eval_spec(hp.img_size, hp.crop_pct, hp.mean, hp.std),
-            "weights": "model_ema.module." if self.model_ema is not None else "model.",
-        }
+        metrics = t.callback_metrics if t is not None else {}
+        per_epoch = getattr(self, "_steps_per_epoch", 0)
+        seed = os.environ.get("PL_GLOBAL_SEED", "")  # what seed_everything set
+        provenance = Provenance.now(
+            dataset=getattr(dm, "kind", None),
+            data_root=getattr(dm, "root", None),
+            seed=int(seed) if seed.lstrip("-").isdigit() else None,
+            epochs=round(self.global_step / per_epoch, 2) if per_epoch else None,
+            steps=int(self.global_step),
+            precision=str(t.precision) if t is not None else None,
+            metrics={k: round(float(v), 6) for k, v in metrics.items() if k.startswith("val/")},
+        )
+        weights = "model_ema.module." if self.model_ema is not None else "model."
+        return ModelCard(self.model_config, list(self.class_names), self.input_spec, self.temperature, provenance,
+                         weights)  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.inference_metadata()
+        checkpoint[CARD_KEY] = self.card().to_dict()
         checkpoint["rng_states"] = rng_states()  # Lightning keeps none; a resumed run needs them to match
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("model_config")
-        if saved is not None:
-            arch = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "num_classes",
-                    "class_token", "qkv_bias")  # fmt: skip
-            diff = [f"{k}: {saved.get(k)} vs {self.model_config.get(k)}" for k in arch
-                    if saved.get(k) != self.model_config.get(k)]  # fmt: skip
-            if diff:
-                raise CheckpointError(
-                    "the checkpoint is from a different model than the config builds (checkpoint vs config: "
-                    + "; ".join(diff)
-                    + "); use the config it was trained with"
-                )
+        card = read_card(checkpoint.get(CARD_KEY), "the checkpoint")
+        diff = card.model.differences(self.model_config)
+        if diff:
+            raise CheckpointError(
+                "the checkpoint is from a different model than the config builds (checkpoint vs config: "
+                + "; ".join(diff)
+                + "); use the config it was trained with, or leave the model out of it"
+            )
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if not fitting:  # evaluating or predicting a trained model: its card says what its outputs mean
+            self.class_names, self.temperature = list(card.class_names), card.temperature
         self._rng_to_restore = checkpoint.get("rng_states")
-
-    def on_train_start(self) -> None:
-        self._train_start = time.monotonic()
-        states = getattr(self, "_rng_to_restore", None)
-        if states is not None:  # resuming: continue every random stream exactly where the checkpoint left it
-            set_rng_states(states)
-            self._rng_to_restore = None

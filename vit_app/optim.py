@@ -1,4 +1,5 @@
-"""Muon for the transformer blocks' weight matrices, AdamW for everything else, as one torch Optimizer.
+"""Optimisers: parameter groups (weight decay, layer-wise LR decay) and AdamW, or Muon for the transformer blocks'
+weight matrices with AdamW for everything else, as one torch Optimizer.
 
 Muon (Keller Jordan, 2024; `torch.optim.Muon` from PyTorch 2.9) replaces each 2-D update by its orthogonalised
 momentum (a few Newton-Schulz steps), so every direction of a weight matrix moves at the same rate. It is meant for
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+OptimizerName = Literal["adamw", "muon"]
 
 
 def is_muon_param(name: str, p: torch.Tensor) -> bool:
@@ -120,3 +123,56 @@ class MuonAdamW(torch.optim.Optimizer):
         if self._adamw is not None:
             self._adamw.load_state_dict(state_dict["adamw"])
         self.param_groups = self._halves_groups()  # loading replaced the halves' group dicts: share the new ones
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for blocks.i, depth + 1 for the final norm and head (layer-wise LR decay)."""
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed", "reg_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(
+    model: torch.nn.Module,
+    weight_decay: float,
+    lr: float = 1e-3,
+    layer_decay: float | None = None,
+    muon: bool = False,
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices; none on norms, biases, position and class embeddings; with
+    `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer). With `muon`, the
+    blocks' weight matrices go to groups of their own marked muon=True (see MuonAdamW)."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    depth = len(getattr(model, "blocks", []))
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name in skip
+        layer = layer_id(name, depth) if layer_decay is not None else depth + 1
+        to_muon = muon and is_muon_param(name, p)
+        g = groups.setdefault(
+            (layer, no_decay, to_muon), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
+        )
+        if to_muon:
+            g["muon"] = True
+        if layer_decay is not None:
+            g["lr"] = lr * layer_decay ** (depth + 1 - layer)
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    name: OptimizerName,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    layer_decay: float | None = None,
+) -> torch.optim.Optimizer:
+    """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
+    muon = name == "muon"
+    groups = param_groups(model, weight_decay, lr, layer_decay, muon=muon)
+    return MuonAdamW(groups, lr, betas) if muon else torch.optim.AdamW(groups, lr=lr, betas=betas)

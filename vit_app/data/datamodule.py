@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,12 +15,10 @@ from vit_app.data.folder import BadImage, ImageFolderDataset, collate_skipping_b
 from vit_app.data.memory import TensorBatchLoader
 from vit_app.data.sampling import EpochSampler, ResumableDataLoader, SeededTransform
 from vit_app.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
-from vit_app.data.transforms import TrainCrop, build_eval_transform, build_train_transform, eval_spec
+from vit_app.data.transforms import InputSpec, TrainCrop, build_eval_transform, build_train_transform
 from vit_app.errors import ConfigError
 
 DatasetKind = Literal["synthetic", "cifar10", "cifar100", "imagefolder"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -45,6 +44,11 @@ def _cifar_classes(kind: str, root: str | None) -> list[str]:
     if kind == "cifar10":
         return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     return [f"class_{i:03d}" for i in range(100)]  # replaced by the real names once the data is on disk
+
+
+def _some(names: list[str], n: int = 6) -> str:
+    """The first few names, for messages."""
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 def _as_tensors(ds: Dataset, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +120,9 @@ class ViTDataModule(L.LightningDataModule):
         train_split: ImageFolder: the training sub-folder.
         val_split: ImageFolder: the validation sub-folder (also used for test).
         class_subset: ImageFolder: a file of class folder names, one a line, to train on a subset of the classes.
+        class_names: the model's classes in output order (default: the dataset's). An ImageFolder reads these
+            folders; other datasets must have this many classes. validate / test / predict set it from the
+            checkpoint's model card.
         val_holdout: CIFAR/synthetic: hold this many training images out for validation; 0 validates on the test split.
         synthetic_train_size: synthetic: number of training images.
         synthetic_val_size: synthetic: number of validation (and test) images.
@@ -147,6 +154,7 @@ class ViTDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         class_subset: str | None = None,
+        class_names: list[str] | None = None,
         val_holdout: int = 0,
         synthetic_train_size: int = 20000,
         synthetic_val_size: int = 2000,
@@ -173,12 +181,14 @@ class ViTDataModule(L.LightningDataModule):
         self.val_holdout = val_holdout
         self.seed = seed
         self.synthetic_sizes = (synthetic_train_size, synthetic_val_size)
+        self.predict_split, self.predict_path = predict_split, predict_path
+        given = list(class_names) if class_names is not None else None
         if dataset == "synthetic":
-            self.class_names = list(SHAPES)
+            self.class_names = self._model_classes(list(SHAPES), given)
             default_size, default_stats = 32, (SYNTHETIC_MEAN, SYNTHETIC_STD)
         elif dataset in CIFAR_STATS:
             self._check_cifar_root()
-            self.class_names = _cifar_classes(dataset, self.root)
+            self.class_names = self._model_classes(_cifar_classes(dataset, self.root), given)
             default_size, default_stats = 32, CIFAR_STATS[dataset]
         elif dataset == "imagefolder":
             if root is None:
@@ -186,17 +196,21 @@ class ViTDataModule(L.LightningDataModule):
                     "data.root is required for dataset 'imagefolder' (the folder holding train/ and val/)"
                 )
             subset = read_class_subset(os.path.expanduser(class_subset)) if class_subset else None
-            self.class_names = find_classes(Path(self.root) / train_split, subset)  # type: ignore[arg-type]
-            find_classes(Path(self.root) / val_split, self.class_names)  # type: ignore[arg-type]  # the same classes must exist for validation
-            default_size, default_stats = 224, (IMAGENET_MEAN, IMAGENET_STD)
+            names = given if given is not None else subset
+            train_dir, val_dir = Path(self.root) / train_split, Path(self.root) / val_split  # type: ignore[arg-type]
+            self.class_names = find_classes(train_dir, names, keep_order=given is not None)
+            find_classes(val_dir, self.class_names)  # the same classes must exist for validation
+            default_size, default_stats = 224, (None, None)  # InputSpec's defaults: ImageNet's
         else:
             raise ConfigError(
                 f"data.dataset: unknown dataset {dataset!r}; choose synthetic, cifar10, cifar100, imagefolder"
             )
-        self.img_size = img_size or default_size
-        self.mean = tuple(mean or default_stats[0])
-        self.std = tuple(std or default_stats[1])
-        self.crop_pct = crop_pct if crop_pct is not None else (1.0 if self.img_size <= 64 else 0.875)
+        try:
+            spec = InputSpec.create(img_size or default_size, crop_pct, mean or default_stats[0],
+                                    std or default_stats[1])  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(f"data.{e}") from None
+        self.img_size, self.crop_pct, self.mean, self.std = spec.img_size, spec.crop_pct, spec.mean, spec.std
         if loader == "memory":
             if dataset == "imagefolder":
                 raise ConfigError("data.loader: 'memory' holds CIFAR or synthetic data; use 'torch' for imagefolder")
@@ -212,19 +226,37 @@ class ViTDataModule(L.LightningDataModule):
         self.train_transform = build_train_transform(
             self.img_size, self.mean, self.std, train_crop, rrc_scale, rand_augment=rand_augment
         )
-        self.eval_transform = build_eval_transform(self.eval_spec)
-        self.predict_split, self.predict_path = predict_split, predict_path
+        self.eval_transform = build_eval_transform(spec)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    def _model_classes(self, dataset_names: list[str], given: list[str] | None) -> list[str]:
+        """The class names to use: the dataset's, or the model's (`given`) when they can label this data."""
+        if given is None:
+            return dataset_names
+        if self.predict_path is not None:
+            return given  # files without labels: the model's classes are all that matters
+        if len(given) != len(dataset_names):
+            raise ConfigError(
+                f"data.class_names: the model has {len(given)} classes ({_some(given)}) but the {self.kind} data "
+                f"has {len(dataset_names)} ({_some(dataset_names)}); use data with the model's classes"
+            )
+        if given != dataset_names:
+            warnings.warn(
+                f"vit-app: the {self.kind} data's class names ({_some(dataset_names)}) differ from the model's "
+                f"({_some(given)}); results are reported under the model's names",
+                stacklevel=2,
+            )
+        return given
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def eval_spec(self) -> dict[str, Any]:
-        return eval_spec(self.img_size, self.crop_pct, self.mean, self.std)
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.img_size, self.crop_pct, self.mean, self.std)
 
     def _check_cifar_root(self) -> None:
         if self.root is None:
@@ -243,6 +275,7 @@ class ViTDataModule(L.LightningDataModule):
         if self.kind in CIFAR_STATS and self.download:
             for train in (True, False):
                 _cifar_class(self.kind)(self.root, train=train, download=True)
+            self.class_names = _cifar_classes(self.kind, self.root)  # the real names, now that the data is here
 
     def _raw_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         """(train, val, test) datasets yielding (PIL image, label), without transforms."""
@@ -268,6 +301,8 @@ class ViTDataModule(L.LightningDataModule):
         return Subset(train, perm[self.val_holdout :]), Subset(train, perm[: self.val_holdout]), test
 
     def setup(self, stage: str | None = None) -> None:
+        if self.kind in CIFAR_STATS:
+            self.class_names = _cifar_classes(self.kind, self.root)  # another process may have downloaded it
         if self.train_set is not None:
             return
         train, val, test = self._raw_splits()

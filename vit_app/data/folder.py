@@ -51,8 +51,9 @@ def read_class_subset(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def find_classes(split_dir: str | os.PathLike, subset: list[str] | None = None) -> list[str]:
-    """Sorted class folder names under `split_dir`, restricted to `subset` when given."""
+def find_classes(split_dir: str | os.PathLike, subset: list[str] | None = None, keep_order: bool = False) -> list[str]:
+    """Sorted class folder names under `split_dir`, restricted to `subset` when given (in its own order with
+    `keep_order`: a model's classes)."""
     d = Path(split_dir)
     if not d.is_dir():
         raise ConfigError(f"data.root: folder '{d}' does not exist (expected <root>/<split>/<class>/<image>)")
@@ -64,8 +65,9 @@ def find_classes(split_dir: str | os.PathLike, subset: list[str] | None = None) 
     missing = [c for c in subset if c not in present]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ConfigError(f"data.class_subset: classes not found in '{d}': {', '.join(missing[:5])}{more}")
-    return sorted(subset)
+        key = "data.class_names" if keep_order else "data.class_subset"
+        raise ConfigError(f"{key}: classes not found in '{d}': {', '.join(missing[:5])}{more}")
+    return list(subset) if keep_order else sorted(subset)
 
 
 class ImageFolderDataset(Dataset):

@@ -34,10 +34,17 @@ def pointing_and_mass(maps: Tensor, coverage: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def perturbation_curves(
-    model: VisionTransformer, x: Tensor, maps: Tensor, target: Tensor, steps: int = 16, chunk: int = 256
+    model: VisionTransformer,
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    steps: int = 16,
+    chunk: int = 256,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Deletion and insertion curves (B, steps + 1): the target's probability as patches are removed (set to the
-    mean colour, 0 after normalisation) or revealed on a mean-colour canvas, most important first."""
+    """Deletion and insertion curves (B, steps + 1): the target's probability (softmax(logits / temperature)) as
+    patches are removed (set to the mean colour, 0 after normalisation) or revealed on a mean-colour canvas, most
+    important first."""
     B, C, H, W = x.shape
     gh, gw = maps.shape[-2:]
     N = gh * gw
@@ -57,7 +64,7 @@ def perturbation_curves(
         probs = []
         with torch.no_grad():
             for i in range(0, flat.shape[0], chunk):
-                p = torch.softmax(model(flat[i : i + chunk]).float(), dim=-1)
+                p = torch.softmax(model(flat[i : i + chunk]).float() / temperature, dim=-1)
                 probs.append(p.gather(1, tgt[i : i + chunk, None])[:, 0])
         curves.append(torch.cat(probs).view(B, steps + 1))
     return curves[0], curves[1]
@@ -99,14 +106,16 @@ def evaluate_maps(
     discard_ratio: float = 0.0,
     seed: int = 0,
     layer: int = -1,
+    temperature: float = 1.0,
 ) -> dict[str, MethodScores]:
-    """Score every method (and a 'random' map) over batches of (normalised images, object masks or None)."""
+    """Score every method (and a 'random' map) over batches of (normalised images, object masks or None); the
+    curves use the calibrated probabilities softmax(logits / temperature)."""
     scores = {m: MethodScores() for m in [*methods, "random"]}
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     for x, masks in batches:
         x = x.to(dev)
-        base = explain(model, x, "rollout", discard_ratio=discard_ratio)
+        base = explain(model, x, "rollout", discard_ratio=discard_ratio, temperature=temperature)
         target = base.probs.argmax(dim=1)  # every method explains the predicted class
         grid = tuple(base.maps.shape[-2:])
         for name in scores:
@@ -121,7 +130,7 @@ def evaluate_maps(
                 hit, mass = pointing_and_mass(maps.cpu(), cell_coverage(masks, grid))  # type: ignore[arg-type]
                 s.pointing += hit.tolist()
                 s.mass += mass.tolist()
-            d, i = perturbation_curves(model, x, maps, target, steps)
+            d, i = perturbation_curves(model, x, maps, target, steps, temperature=temperature)
             s.deletion.append(d.cpu())
             s.insertion.append(i.cpu())
     return scores
@@ -201,7 +210,7 @@ def _load_data(spec: list[str], im, n: int, batch_size: int) -> tuple[Iterator[t
     """Batches and a description for --data: 'synthetic', 'cifar10:ROOT', 'cifar100:ROOT' or image paths."""
     from vit_app.inputs import expand_inputs, load_items
 
-    size = int(im.metadata["eval_transform"]["img_size"])
+    size = im.card.input.img_size
     if spec == ["synthetic"]:
         return synthetic_batches(im.transform, size, n, batch_size), f"synthetic shapes ({n} images, with masks)"
     if len(spec) == 1 and spec[0].split(":", 1)[0] in ("cifar10", "cifar100"):
@@ -234,7 +243,7 @@ def run_explain_eval(
     from pathlib import Path
 
     batches, description = _load_data(data, im, n, batch_size)
-    scores = evaluate_maps(im.model, batches, methods, steps, discard_ratio, layer=layer)
+    scores = evaluate_maps(im.model, batches, methods, steps, discard_ratio, layer=layer, temperature=im.temperature)
     results = {k: v.summary() for k, v in scores.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

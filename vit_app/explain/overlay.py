@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from vit_app.data.transforms import LimitAspect
+from vit_app.data.transforms import InputSpec, LimitAspect
 
 DISPLAY = 320  # pixels: the side of an overlay picture
 
@@ -20,11 +18,11 @@ def normalize_map(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def model_view(img: Image.Image, eval_spec: dict[str, Any], size: int = DISPLAY) -> Image.Image:
+def model_view(img: Image.Image, spec: InputSpec, size: int = DISPLAY) -> Image.Image:
     """The part of `img` the model sees (same aspect limit, resize and centre crop as the eval transform), at `size`."""
     img = LimitAspect()(img)
     w, h = img.size
-    short = round(size / float(eval_spec.get("crop_pct", 1.0)))
+    short = round(size / spec.crop_pct)
     nw, nh = (short, max(1, round(h * short / w))) if w <= h else (max(1, round(w * short / h)), short)
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
@@ -61,10 +59,10 @@ def tile(view: Image.Image, m: np.ndarray, text: str, alpha: float = 0.5) -> Ima
 
 
 def overlay(
-    img: Image.Image, m: np.ndarray, text: str, eval_spec: dict[str, Any], size: int = DISPLAY, alpha: float = 0.5
+    img: Image.Image, m: np.ndarray, text: str, spec: InputSpec, size: int = DISPLAY, alpha: float = 0.5
 ) -> Image.Image:
     """The model's view of `img` blended with the heat map of `m`, captioned with `text` (e.g. 'cat 93.1%')."""
-    return tile(model_view(img.convert("RGB"), eval_spec, size), m, text, alpha)
+    return tile(model_view(img.convert("RGB"), spec, size), m, text, alpha)
 
 
 def grid(tiles: list[Image.Image], cols: int, title: str | None = None) -> Image.Image:

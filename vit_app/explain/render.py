@@ -70,7 +70,7 @@ def write_one(
     """Write the files of batch element i; return its index record."""
     assert item.image is not None
     m = ex.maps[i].float().cpu().numpy()
-    spec = im.metadata["eval_transform"]
+    spec = im.card.input
     probs, target = ex.probs[i].cpu(), int(ex.target[i])
     text = _label(im, probs, target, method)
     files = {"overlay": f"{stem}.png", "map": f"{stem}.npy", "input": f"{stem}_input.jpg"}
@@ -126,7 +126,6 @@ def run_attention(
     paths, missing = expand_inputs(inputs)
     names = _Names()
     done = failed = 0
-    temperature = float(im.metadata.get("temperature", 1.0))
     with open(out / "index.jsonl", "w") as index:
 
         def record(rec: dict[str, Any]) -> None:
@@ -148,7 +147,7 @@ def run_attention(
             if x is not None:
                 ex = explain(
                     im.model, x.to(im.device), method, head_fusion, discard_ratio, layer, target,
-                    with_layers, with_heads, temperature,
+                    with_layers, with_heads, im.temperature,
                 )  # fmt: skip
             pos = {id(it): i for i, it in enumerate(ok)}
             for item in items:
