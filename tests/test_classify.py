@@ -34,10 +34,10 @@ def _records(text: str) -> list[dict]:
 def test_classify_folder_reports_each_bad_file_and_goes_on(tiny_ckpt: Path, odd_dir: Path) -> None:
     im = load_for_inference(tiny_ckpt)
     out, err = io.StringIO(), io.StringIO()
-    done, failed = classify(im, [str(odd_dir)], out, "json", topk=3, batch_size=4, err=err)
+    done, failed, skipped = classify(im, [str(odd_dir)], out, "json", topk=3, batch_size=4, err=err)
     recs = _records(out.getvalue())
     names = {Path(r["path"]).name: r for r in recs}
-    assert failed == len(BROKEN) and done == len(recs) - len(BROKEN) == 10
+    assert failed == len(BROKEN) and done == len(recs) - len(BROKEN) == 10 and skipped == 0
     for name in BROKEN:
         assert "error" in names[name] and names[name]["error"], name
         assert name in err.getvalue()
@@ -76,8 +76,8 @@ def test_cli_formats_exit_status_and_globs(tiny_ckpt: Path, odd_dir: Path, tmp_p
     assert rc == 1  # empty.png, text.png and bomb.png match the glob and fail
     recs = _records(out_file.read_text())
     assert {Path(r["path"]).name for r in recs if "error" in r} == {"empty.png", "text.png", "bomb.png"}
-    assert main(["classify", str(tmp_path / "missing.jpg"), "--ckpt", str(tiny_ckpt)]) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert main(["classify", str(tmp_path / "missing.jpg"), "--ckpt", str(tiny_ckpt)]) == 2  # nothing to classify
+    assert "missing.jpg: no such file" in capsys.readouterr().err
     assert main(["classify", good, "--ckpt", str(tmp_path / "nope.ckpt")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
     assert main(["classify", good, "--ckpt", str(tiny_ckpt), "--format", "table"]) == 0

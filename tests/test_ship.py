@@ -16,7 +16,7 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from tests.conftest import REPO
-from vit_app.calibrate import collect_logits, expected_calibration_error, fit_temperature, validation_batches
+from vit_app.calibrate import collect_logits, expected_calibration_error, fit_temperature
 from vit_app.cli import main
 from vit_app.inference import load_for_inference
 from vit_app.module import ViTClassifier
@@ -122,7 +122,7 @@ def test_calibrate_command_stores_the_temperature(tiny_ckpt: Path, tmp_path: Pat
     assert abs(printed - stored) <= 0.5e-4 + 1e-12  # printed to 4 decimals: rounding is the only difference
     # The stored value is the fit on the model's own logits over the same images (same process: same numbers).
     im = load_for_inference(tiny_ckpt)
-    logits, labels = collect_logits(im, validation_batches("synthetic", im, 32, 200))
+    logits, labels = collect_logits(im, "synthetic", 32, 200)
     assert stored == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
     assert im.temperature == 1.0  # --out: the input file is left as it was
     assert "ECE before" in text and Image.open(tmp_path / "rel.png").width > 0

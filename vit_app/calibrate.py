@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,37 +44,21 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> float:
     return float(log_t.exp())
 
 
-def validation_batches(spec: str, im: InferenceModel, batch_size: int, limit: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, labels) batches of a validation split: 'synthetic', 'cifar10:ROOT', 'cifar100:ROOT' or 'folder:DIR'
-    (DIR/<class>/<image>, the checkpoint's class names)."""
-    from vit_app.data.folder import ImageFolderDataset
-    from vit_app.data.synthetic import SyntheticShapes
+def collect_logits(im: InferenceModel, data: str, batch_size: int, limit: int) -> tuple[Tensor, Tensor]:
+    """The model's raw logits (no temperature) and the labels over at most `limit` labelled images of `data` (see
+    vit_app.evaldata), with a progress bar."""
+    from vit_app.evaldata import batches, open_data, parse_data
+    from vit_app.progress import bar
 
-    size = im.card.input.img_size
-    kind, _, root = spec.partition(":")
-    root = os.path.expanduser(root)
-    if kind == "synthetic":
-        ds = SyntheticShapes(limit, seed=2000, img_size=size)  # the DataModule's validation stream (seed 0)
-    elif kind in ("cifar10", "cifar100"):
-        from torchvision.datasets import CIFAR10, CIFAR100
-
-        ds = (CIFAR10 if kind == "cifar10" else CIFAR100)(root, train=False, download=False)
-    elif kind == "folder":
-        ds = ImageFolderDataset(root, im.class_names)
-    else:
-        raise ConfigError(f"--data {spec!r}: use synthetic, cifar10:ROOT, cifar100:ROOT or folder:DIR")
-    n = min(limit, len(ds))
-    for start in range(0, n, batch_size):
-        items = [ds[i] for i in range(start, min(n, start + batch_size))]
-        yield torch.stack([im.transform(img) for img, _ in items]), torch.tensor([y for _, y in items])
-
-
-def collect_logits(im: InferenceModel, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """The model's raw logits (no temperature) and the labels, over all batches."""
+    n, samples = open_data(parse_data(data), im.class_names, im.card.input.img_size, limit, labels=True)
     logits, labels = [], []
-    for x, y in batches:
-        logits.append(im(x).cpu())
-        labels.append(y)
+    with bar(n, "calibrate") as progress:
+        for x, y, _ in batches(samples, im.transform, batch_size):
+            logits.append(im(x).cpu())
+            labels.append(y)
+            progress.update(len(x))
+    if not logits:
+        raise ConfigError(f"--data {data}: no readable labelled images")
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -143,7 +126,7 @@ def calibrate(
 ) -> Calibration:
     """Fit the temperature on `data`, draw the reliability diagram to `plot`, store the temperature in the card of
     `model_file` (or of a copy at `out`)."""
-    logits, labels = collect_logits(im, validation_batches(data, im, batch_size, num_images))
+    logits, labels = collect_logits(im, data, batch_size, num_images)
     t = fit_temperature(logits, labels)
     before, after = logits.softmax(-1), (logits / t).softmax(-1)
     reliability_diagram(before, after, labels, str(plot), t)

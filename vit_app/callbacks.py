@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -41,6 +44,14 @@ class Checkpoint(ModelCheckpoint):
     def __init__(self, *args: Any, last_every_n_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_every_n_steps = last_every_n_steps
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._fitting = stage == "fit"
+        super().setup(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if getattr(self, "_fitting", True):  # evaluating saves nothing: the saved state (and its folder) is moot
+            super().load_state_dict(state_dict)
 
     def _save_last_now(self, trainer: Any) -> str:
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)  # type: ignore[arg-type]
@@ -75,23 +86,28 @@ class PredictionWriter(BasePredictionWriter):
     predictions.rank<N> file.
 
     Args:
-        output_dir: folder for predictions.jsonl / predictions.csv and maps/.
-        format: "jsonl" or "csv".
-        topk: classes reported per image.
+        output_dir: folder for predictions.jsonl / predictions.csv and maps/ (default: beside the checkpoint, in
+            runs/NAME/version_N/eval/<checkpoint name>/; ./predictions without one).
+        format: "jsonl" (also spelt "json": one JSON object a line) or "csv".
+        topk: classes reported per image (at most the model's class count).
         maps: also compute and save the attention rollout of every image.
     """
 
     def __init__(
         self,
-        output_dir: str = "predictions",
-        format: Literal["jsonl", "csv"] = "jsonl",
+        output_dir: str | None = None,
+        format: Literal["jsonl", "json", "csv"] = "jsonl",
         topk: int = 5,
         maps: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.format, self.topk, self.maps = Path(output_dir), format, topk, maps
+        if topk < 1:
+            raise ConfigError(f"predict_writer.topk must be 1 or more, got {topk}")
+        self.output_dir = Path(output_dir or "predictions")
+        self.format, self.topk, self.maps = "jsonl" if format == "json" else format, topk, maps
         self._file: IO[str] | None = None
         self._writer: Any = None
+        self.summary: list[str] = []  # for the CLI to print once the progress bar is gone
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         pl_module.predict_maps = self.maps
@@ -103,7 +119,7 @@ class PredictionWriter(BasePredictionWriter):
         self._file = open(path, "w", newline="")
         from vit_app.classify import Writer
 
-        self._writer = Writer(self._file, "json" if self.format == "jsonl" else "csv", self.topk)
+        self._writer = Writer(self._file, self.format, self.topk)  # type: ignore[arg-type]
         self._class_names = pl_module.class_names
 
     def write_on_batch_end(
@@ -132,24 +148,26 @@ class PredictionWriter(BasePredictionWriter):
         if self._file is not None:
             self._file.close()
             self._file = None
-            print(f"vit-app: predictions written to {self.output_dir}")
+            self.summary.append(f"vit-app: predictions written to {self.output_dir}")
 
 
 class EvalReport(Callback):
-    """After `vit-app validate` or `vit-app test`: a confusion-matrix PNG and a per-class accuracy table.
+    """After `vit-app validate` or `vit-app test`: a confusion-matrix PNG, a per-class accuracy table and the metrics.
 
-    Writes <output_dir>/<stage>_confusion.png and <stage>_per_class.csv, and prints the table. The counts are summed
-    over processes, so a multi-device evaluation reports the whole split. Validation inside `fit` is left alone.
+    Writes <output_dir>/<stage>_confusion.png, <stage>_per_class.csv and <stage>_metrics.json, and keeps the table in
+    `summary` for the CLI to print. The counts are summed over processes, so a multi-device evaluation reports the
+    whole split. Validation inside `fit` is left alone.
 
     Args:
         enabled: write the report (set false to skip it).
-        output_dir: where to write; default the run's log folder (e.g. runs/quickstart/version_1), or
-            ./eval_report without a logger.
+        output_dir: where to write; default beside the checkpoint, in runs/NAME/version_N/eval/<checkpoint name>/
+            (./eval_report without a checkpoint).
     """
 
     def __init__(self, enabled: bool = True, output_dir: str | None = None) -> None:
         self.enabled, self.output_dir = enabled, output_dir
         self._cm: torch.Tensor | None = None
+        self.summary: list[str] = []
 
     def _active(self, trainer: Any) -> bool:
         return self.enabled and trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
@@ -170,14 +188,15 @@ class EvalReport(Callback):
         self._cm = None
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir or (trainer.log_dir if trainer.logger else "eval_report"))
+        out = Path(self.output_dir or "eval_report")
         out.mkdir(parents=True, exist_ok=True)
         cm = cm.cpu()
         rows = per_class_rows(cm, pl_module.class_names)
         csv_path = write_per_class_csv(rows, out / f"{stage}_per_class.csv")
         png = plot_confusion(cm, pl_module.class_names, out / f"{stage}_confusion.png", title=f"{stage}:")
-        print("\n" + format_per_class(rows))
-        print(f"vit-app: confusion matrix {png}, per-class table {csv_path}")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        (out / f"{stage}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        self.summary += ["", format_per_class(rows), f"vit-app: confusion matrix {png}, per-class table {csv_path}"]
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(trainer, pl_module)
@@ -191,11 +210,41 @@ class EvalReport(Callback):
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kw: Any) -> None:
         self._batch(outputs)
 
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        self._end(trainer, pl_module, "val")
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end(trainer, pl_module, "val")  # after the epoch's metrics are computed
 
-    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(trainer, pl_module, "test")
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, drawn on stderr: stdout carries results (metric tables, predictions)."""
+
+
+def _on_stderr(init: Any) -> Any:
+    def make(self: TQDMProgressBar) -> Any:
+        with redirect_stdout(sys.stderr):  # Lightning's bars are made with file=sys.stdout
+            return init(self)
+
+    return make
+
+
+for _stage in ("sanity", "train", "validation", "test", "predict"):
+    _name = f"init_{_stage}_tqdm"
+    setattr(StderrProgressBar, _name, _on_stderr(getattr(TQDMProgressBar, _name)))
+
+
+class ModelLine(Callback):
+    """One line about the model when training starts, instead of Lightning's summary table."""
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        cfg = pl_module.model_config
+        n = sum(p.numel() for p in pl_module.model.parameters())
+        size = cfg.img_size if isinstance(cfg.img_size, int) else "x".join(map(str, cfg.img_size))
+        rank_zero_info(
+            f"vit-app: model: ViT {cfg.depth} blocks x {cfg.embed_dim} wide, {cfg.num_heads} heads, patch "
+            f"{cfg.patch_size} on {size} px, {cfg.num_classes} classes: {n / 1e6:.2f} M parameters"
+        )
 
 
 class BadImageReport(Callback):

@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Iterable
 from typing import IO, Any, Literal
 
-from tqdm import tqdm
-
 from vit_app.inference import InferenceModel, topk_records
-from vit_app.inputs import Item, expand_inputs, iter_batches, stack_ok
+from vit_app.inputs import Counts, Item, describe_skipped, expand_inputs, iter_batches, require_images, stack_ok
+from vit_app.progress import bar, say
 
-OutputFormat = Literal["table", "json", "csv"]
-PROGRESS_MIN_IMAGES = 64  # show a progress bar (on stderr) from this many images
+OutputFormat = Literal["table", "jsonl", "json", "csv"]  # "json" is another name for "jsonl" (one object a line)
 
 
 class Writer:
     """Writes one record an image in table, json-lines or csv form, flushing as it goes."""
 
     def __init__(self, out: IO[str], fmt: OutputFormat, topk: int) -> None:
-        self.out, self.fmt, self.topk = out, fmt, topk
+        self.out, self.fmt, self.topk = out, "jsonl" if fmt == "json" else fmt, topk
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv is not None:
             cols = ["path"] + [f"{k}_{i}" for i in range(1, topk + 1) for k in ("label", "index", "prob")] + ["error"]
             self.csv.writerow(cols)
 
     def result(self, path: str, top: list[dict[str, Any]]) -> None:
-        if self.fmt == "json":
+        if self.fmt == "jsonl":
             self.out.write(json.dumps({"path": path, "topk": top}) + "\n")
         elif self.csv is not None:
             cells: list[Any] = [path]
@@ -41,7 +38,7 @@ class Writer:
         self.out.flush()
 
     def error(self, path: str, reason: str) -> None:
-        if self.fmt == "json":
+        if self.fmt == "jsonl":
             self.out.write(json.dumps({"path": path, "error": reason}) + "\n")
         elif self.csv is not None:
             self.csv.writerow([path] + [""] * (3 * self.topk) + [reason])
@@ -58,10 +55,12 @@ def classify(
     topk: int = 5,
     batch_size: int = 32,
     err: IO[str] | None = None,
-) -> tuple[int, int]:
-    """Classify every input and write its record; returns (classified, failed). Memory stays bounded by the batch."""
-    err = err if err is not None else sys.stderr
-    paths, missing = expand_inputs(inputs)
+) -> Counts:
+    """Classify every input and write its record, errors in place; memory stays bounded by the batch. Files a folder
+    scan skips are named on `err`. UserError when the inputs hold no image at all."""
+    inputs = list(inputs)
+    found = expand_inputs(inputs)
+    require_images(found, inputs)
     writer = Writer(out, fmt, topk)
     failed = 0
 
@@ -69,21 +68,22 @@ def classify(
         nonlocal failed
         failed += 1
         writer.error(item.path, item.error or "unknown error")
-        err.write(f"vit-app classify: {item.path}: {item.error}\n")
+        say(f"vit-app classify: {item.path}: {item.error}", err)
 
-    for item in missing:
+    if found.skipped:
+        say(f"vit-app classify: {describe_skipped(found.skipped)}", err)
+    for item in found.missing:
         report(item)
     done = 0
-    bar = tqdm(total=len(paths), unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES, file=err, leave=False)
-    for items in iter_batches(paths, im.transform, batch_size):
-        _, x = stack_ok(items)
-        records = iter(topk_records(im.probs(x), im.class_names, topk)) if x is not None else iter(())
-        for item in items:  # keep the input order, errors in place
-            if item.error is None:
-                writer.result(item.path, next(records))
-                done += 1
-            else:
-                report(item)
-        bar.update(len(items))
-    bar.close()
-    return done, failed
+    with bar(len(found.paths), "classify", file=err) as progress:
+        for items in iter_batches(found.paths, im.transform, batch_size):
+            _, x = stack_ok(items)
+            records = iter(topk_records(im.probs(x), im.class_names, topk)) if x is not None else iter(())
+            for item in items:  # keep the input order, errors in place
+                if item.error is None:
+                    writer.result(item.path, next(records))
+                    done += 1
+                else:
+                    report(item)
+            progress.update(len(items))
+    return Counts(done, failed, len(found.skipped))

@@ -7,9 +7,12 @@ needs a model.
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from vit_app import __version__
 from vit_app.errors import ConfigError, UserError
@@ -30,14 +33,15 @@ Training and evaluation (LightningCLI, driven by YAML configs):
   (--model.lr 3e-4 --data.batch_size 64), and --print_config shows the merged result.
 
 Images (any checkpoint from fit; no config needed):
-  classify       top-k predictions:  vit-app classify img.jpg photos/ "*.png" --ckpt best.ckpt --format json
+  classify       top-k predictions:  vit-app classify img.jpg photos/ "*.png" --ckpt best.ckpt --format jsonl
   attention      attention maps:     vit-app attention img.jpg --ckpt best.ckpt --out maps/ --method rollout
   explain-eval   how right the maps are: vit-app explain-eval --ckpt best.ckpt
-  export         deploy:             vit-app export --ckpt best.ckpt --format onnx --out model.onnx
+  export         deploy:             vit-app export --ckpt best.ckpt --out model.onnx
   plot           training curves:    vit-app plot runs/quickstart/version_0
   calibrate      temperature scaling: vit-app calibrate --ckpt best.ckpt --data cifar10:~/data/cifar10
 
 Global options:
+  --quiet      no progress bars and no information lines (errors and results only)
   --debug      show full tracebacks for errors in your input (by default: a short message)
   --version    print the version
 """
@@ -50,16 +54,52 @@ def build_cli(args: list[str], run: bool = True) -> Any:
     return build(args, run)
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+class UsageError(UserError):
+    """A command line that does not parse: an unknown option, a missing or impossible value."""
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) that main() prints like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _parser(prog: str, description: str) -> ToolParser:
+    return ToolParser(
         prog=f"vit-app {prog}", description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint written by 'vit-app fit' (best.ckpt or last.ckpt)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu or cuda")
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    return parse
+
+
+def _share(text: str) -> float:
+    """A share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser, batch: int = 32) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint written by 'vit-app fit' (best.ckpt or last.ckpt), or "
+                   "an exported .safetensors file")  # fmt: skip
+    p.add_argument("--batch-size", type=_at_least(1), default=batch, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -72,25 +112,46 @@ def _load(args: argparse.Namespace) -> Any:
     return load_for_inference(args.ckpt, device)
 
 
+def _output_file(path: str, option: str) -> Path:
+    """A file to write: its folder is made if missing; an existing folder in its place is refused."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot create its folder ({e.strerror or e})") from None
+    return p
+
+
+def _summary(prog: str, counts: Any, what: str) -> int:
+    skipped = f", {counts.skipped} skipped" if counts.skipped else ""
+    print(f"vit-app {prog}: {counts.done} {what}, {counts.failed} failed{skipped}", file=sys.stderr)
+    return 1 if counts.failed else 0
+
+
 def cmd_classify(argv: list[str]) -> int:
     p = _parser("classify", "Top-k predictions for image files, folders (searched recursively) and glob patterns.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     _add_model_args(p)
-    p.add_argument("--topk", type=int, default=5, help="how many classes to report per image")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    p.add_argument("--topk", type=_at_least(1), default=5, help="how many classes to report per image")
+    p.add_argument("--format", choices=["table", "jsonl", "json", "csv"], default="table",
+                   help="output format: jsonl (also spelt json) is one JSON object a line")  # fmt: skip
     p.add_argument("--output", help="write the results to this file instead of standard output")
     args = p.parse_args(argv)
     from vit_app.classify import classify
 
     im = _load(args)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    out_path = _output_file(args.output, "--output") if args.output else None
+    out = open(out_path, "w", newline="") if out_path else sys.stdout
     try:
-        done, failed = classify(im, args.paths, out, args.format, args.topk, args.batch_size)
+        counts = classify(im, args.paths, out, args.format, args.topk, args.batch_size)
     finally:
-        if args.output:
+        if out_path:
             out.close()
-    print(f"vit-app classify: {done} classified, {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+    if out_path:
+        print(f"vit-app classify: results in {out_path}", file=sys.stderr)
+    return _summary("classify", counts, "classified")
 
 
 def cmd_attention(argv: list[str]) -> int:
@@ -100,7 +161,7 @@ def cmd_attention(argv: list[str]) -> int:
         "(.npy, grid_h x grid_w), plus index.jsonl listing them.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
-    _add_model_args(p)
+    _add_model_args(p, batch=16)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--method",
@@ -110,8 +171,8 @@ def cmd_attention(argv: list[str]) -> int:
         "attention: one layer's raw maps",
     )
     p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="how heads are combined")
-    p.add_argument("--discard-ratio", type=float, default=0.0, help="drop this share of the lowest attentions")
-    p.add_argument("--layer", type=int, default=-1, help="layer for --method attention and --heads-grid")
+    p.add_argument("--discard-ratio", type=_share, default=0.0, help="drop this share of the lowest attentions")
+    p.add_argument("--layer", type=int, default=-1, help="layer for --method attention and --heads-grid (-1: last)")
     p.add_argument("--class", dest="target", help="class (name or index) for grad-rollout; default: the predicted")
     p.add_argument("--layers-grid", action="store_true", help="also write a PNG of the rollout after each layer")
     p.add_argument("--heads-grid", action="store_true", help="also write a PNG of each head's map in --layer")
@@ -120,15 +181,11 @@ def cmd_attention(argv: list[str]) -> int:
     from vit_app.explain.render import run_attention
 
     im = _load(args)
-    try:
-        done, failed = run_attention(
-            im, args.paths, args.out, args.method, args.head_fusion, args.discard_ratio, args.layer, args.target,
-            args.layers_grid, args.heads_grid, args.batch_size, html=args.html,
-        )  # fmt: skip
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    print(f"vit-app attention: {done} explained into {args.out}, {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+    counts = run_attention(
+        im, args.paths, args.out, args.method, args.head_fusion, args.discard_ratio, args.layer, args.target,
+        args.layers_grid, args.heads_grid, args.batch_size, html=args.html,
+    )  # fmt: skip
+    return _summary("attention", counts, f"explained into {args.out}")
 
 
 def cmd_explain_eval(argv: list[str]) -> int:
@@ -142,47 +199,52 @@ def cmd_explain_eval(argv: list[str]) -> int:
         "--data",
         nargs="+",
         default=["synthetic"],
-        help="'synthetic' (with masks), 'cifar10:ROOT' / 'cifar100:ROOT' (test split), or image files/folders/globs",
+        help="synthetic (with masks), cifar10:ROOT / cifar100:ROOT (test split), folder:DIR (or DIR), or image "
+        "files and globs",
     )
-    p.add_argument("--num-images", type=int, default=256, help="how many images to score")
-    p.add_argument("--methods", nargs="+", default=["rollout", "grad-rollout", "attention"], help="methods to score")
-    p.add_argument("--steps", type=int, default=16, help="points on each deletion/insertion curve")
-    p.add_argument("--discard-ratio", type=float, default=0.0, help="rollout discard ratio")
+    p.add_argument("--num-images", type=_at_least(1), default=256, help="how many images to score")
+    p.add_argument("--methods", nargs="+", choices=["rollout", "grad-rollout", "attention"],
+                   default=["rollout", "grad-rollout", "attention"], help="methods to score")  # fmt: skip
+    p.add_argument("--steps", type=_at_least(2), default=16, help="points on each deletion/insertion curve")
+    p.add_argument("--discard-ratio", type=_share, default=0.0, help="rollout discard ratio")
     p.add_argument("--layer", type=int, default=-1, help="the layer whose raw maps --methods attention scores")
     p.add_argument("--out", default="explain_eval", help="folder for explain_eval.png and explain_eval.json")
     args = p.parse_args(argv)
     from vit_app.explain.evaluate import run_explain_eval
+    from vit_app.explain.render import check_layer
 
     im = _load(args)
-    try:
-        table = run_explain_eval(
-            im,
-            args.data,
-            args.num_images,
-            args.methods,
-            args.steps,
-            args.discard_ratio,
-            args.out,
-            args.batch_size,
-            args.layer,
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_layer(args.layer, len(im.model.blocks))
+    table = run_explain_eval(im, args.data, args.num_images, args.methods, args.steps, args.discard_ratio, args.out,
+                             args.batch_size, args.layer)  # fmt: skip
     print(table)
     print(f"vit-app explain-eval: wrote {args.out}/explain_eval.png and {args.out}/explain_eval.json", file=sys.stderr)
     return 0
 
 
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pts", ".torchscript"), "safetensors": (".safetensors",)}
+EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "safetensors": "a safetensors"}
+
+
 def cmd_export(argv: list[str]) -> int:
     p = _parser("export", "Export a checkpoint for deployment (ONNX and TorchScript take any batch size).")
     p.add_argument("--ckpt", required=True, help="checkpoint written by 'vit-app fit'")
-    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True, help="output format")
-    p.add_argument("--out", required=True, help="output file (the metadata goes beside it as OUT.json)")
+    p.add_argument("--format", choices=list(EXPORT_SUFFIXES), help="output format (default: from the --out suffix)")
+    p.add_argument("--out", required=True, help="output file: .onnx, .pt or .safetensors (ONNX and TorchScript get "
+                   "the model card beside them as OUT.json)")  # fmt: skip
     args = p.parse_args(argv)
+    suffix = Path(args.out).suffix.lower()
+    by_suffix = next((f for f, sfx in EXPORT_SUFFIXES.items() if suffix in sfx), None)
+    fmt = args.format or by_suffix
+    if fmt is None:
+        raise UsageError(f"--out {args.out}: give --format, or a file name ending .onnx, .pt or .safetensors")
+    if suffix not in EXPORT_SUFFIXES[fmt]:
+        ends = " or ".join(EXPORT_SUFFIXES[fmt])
+        raise UsageError(f"--out {args.out}: {EXPORT_NAMES[fmt]} file should end {ends} (or choose another --format)")
     from vit_app.export import export_model
     from vit_app.inference import load_for_inference
 
-    path = export_model(load_for_inference(args.ckpt), args.format, args.out)
+    path = export_model(load_for_inference(args.ckpt), fmt, _output_file(args.out, "--out"))
     print(f"vit-app export: wrote {path}", file=sys.stderr)
     return 0
 
@@ -192,27 +254,40 @@ def cmd_plot(argv: list[str]) -> int:
     p.add_argument("run_dir", help="a run folder, e.g. runs/quickstart/version_0")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     args = p.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        raise ConfigError(f"{args.run_dir}: no such folder (give a run folder such as runs/quickstart/version_0)")
     from vit_app.plots import plot_run
 
-    print(f"vit-app plot: wrote {plot_run(args.run_dir, args.out)}", file=sys.stderr)
+    out = _output_file(args.out, "--out") if args.out else None
+    print(f"vit-app plot: wrote {plot_run(args.run_dir, out)}", file=sys.stderr)
     return 0
 
 
 def cmd_calibrate(argv: list[str]) -> int:
     p = _parser(
         "calibrate",
-        "Fit a temperature on a validation split so predicted probabilities match accuracy; store it in the "
-        "checkpoint (classify and attention then use it); print ECE before and after; draw a reliability diagram.",
+        "Fit a temperature on labelled images so predicted probabilities match accuracy; write it into a copy of the "
+        "checkpoint (classify, attention and predict then use it); print ECE before and after; draw a reliability "
+        "diagram.",
     )
     _add_model_args(p)
-    p.add_argument("--data", default="synthetic", help="synthetic, cifar10:ROOT, cifar100:ROOT or folder:VAL_DIR")
-    p.add_argument("--num-images", type=int, default=10000, help="at most this many validation images")
-    p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
-    p.add_argument("--plot", default="reliability.png", help="reliability diagram PNG")
+    p.add_argument(
+        "--data", default="synthetic", help="synthetic, cifar10:ROOT, cifar100:ROOT (test split) or folder:DIR"
+    )
+    p.add_argument("--num-images", type=_at_least(10), default=10000, help="at most this many images")
+    p.add_argument("--out", help="the calibrated model file (default: NAME.calibrated.ckpt beside --ckpt)")
+    p.add_argument("--in-place", action="store_true", help="write the temperature into --ckpt itself")
+    p.add_argument("--plot", help="reliability diagram PNG (default: beside the calibrated file)")
     args = p.parse_args(argv)
+    if args.in_place and args.out:
+        raise UsageError("give --out or --in-place, not both (see 'vit-app calibrate --help')")
+    src = Path(args.ckpt)
+    out = src if args.in_place else Path(args.out) if args.out else src.with_name(f"{src.stem}.calibrated{src.suffix}")
+    out = _output_file(str(out), "--out")
+    plot = _output_file(args.plot, "--plot") if args.plot else out.with_name(f"{out.stem}.reliability.png")
     from vit_app.calibrate import calibrate
 
-    r = calibrate(_load(args), args.ckpt, args.data, args.batch_size, args.num_images, args.plot, args.out)
+    r = calibrate(_load(args), args.ckpt, args.data, args.batch_size, args.num_images, plot, out)
     print(f"images: {r.images}  accuracy: {r.accuracy:.4f}  temperature: {r.temperature:.4f}")
     print(f"ECE before: {r.ece_before:.4f}  after: {r.ece_after:.4f}")
     print(f"vit-app calibrate: stored T={r.temperature:.4f} in {r.model_file}; diagram: {r.plot}", file=sys.stderr)
@@ -230,11 +305,30 @@ def _tools() -> dict[str, Callable[[list[str]], int]]:
     }
 
 
+def _fail(message: str, code: int) -> int:
+    from vit_app.progress import say
+
+    say(f"vit-app: error: {message}")
+    return code
+
+
+def _one_line_warnings() -> None:
+    """Warnings as 'vit-app: warning: ...' on one line (with --debug: Python's usual form, with the source)."""
+    import warnings
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        from vit_app.progress import say
+
+        say(f"vit-app: warning: {' '.join(str(message).split())}", file)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `vit-app` and `python -m vit_app`; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    debug, quiet = "--debug" in args, "--quiet" in args
+    args = [a for a in args if a not in ("--debug", "--quiet")]
     if not args or args[0] in ("-h", "--help", "help"):
         print(TOP_HELP)
         return 0
@@ -242,22 +336,30 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     tools = _tools()
+    if args[0] not in tools and args[0] not in LIGHTNING_COMMANDS:
+        close = difflib.get_close_matches(args[0], [*LIGHTNING_COMMANDS, *tools], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return _fail(f"unknown command {args[0]!r}{hint}; run 'vit-app --help' for the list", 2)
+    from vit_app.progress import set_quiet
+
+    set_quiet(quiet)
+    if not debug:
+        _one_line_warnings()
     try:
         if args[0] in LIGHTNING_COMMANDS:
             from vit_app.train_cli import run
 
-            return run(args)
-        if args[0] in tools:
-            return tools[args[0]](args[1:])
+            return run(args, quiet=quiet)
+        return tools[args[0]](args[1:])
+    except SystemExit as e:  # --help, or argparse leaving for another reason
+        return e.code if isinstance(e.code, int) else 0
     except UserError as e:
         if debug:
             raise
-        print(f"vit-app: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), 2)
     except FloatingPointError as e:  # a diverged run: the message says where and what to try
         if debug:
             raise
-        print(f"vit-app: error: {e}", file=sys.stderr)
-        return 3
-    print(f"vit-app: unknown command {args[0]!r}; run 'vit-app --help' for the list", file=sys.stderr)
-    return 2
+        return _fail(str(e), 3)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)

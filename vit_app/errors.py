@@ -11,6 +11,12 @@ class ConfigError(UserError, ValueError):
     """A config value that cannot work: names the key and the reason."""
 
 
+def require(ok: bool, key: str, rule: str, value: object) -> None:
+    """ConfigError "<key> must <rule>, got <value>" unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key} must {rule}, got {value!r}")
+
+
 class CheckpointError(UserError, ValueError):
     """A checkpoint or model file that cannot be loaded (or is refused as unsafe)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -25,22 +26,26 @@ def export_model(im: InferenceModel, fmt: ExportFormat, out: str | os.PathLike) 
     if fmt == "safetensors":
         save_safetensors(model.state_dict(), im.card, out)
         return out
-    if fmt == "torchscript":
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example, check_trace=False)
-        traced.save(str(out))
-    elif fmt == "onnx":
-        torch.onnx.export(
-            model,
-            (example,),
-            str(out),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    else:
-        raise ValueError(f"--format must be onnx, torchscript or safetensors, got {fmt!r}")
+    with warnings.catch_warnings():
+        # The tracer notes that the input size becomes a constant: it is the card's, and only the batch is dynamic.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example, check_trace=False)
+            traced.save(str(out))
+        elif fmt == "onnx":
+            torch.onnx.export(
+                model,
+                (example,),
+                str(out),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        else:
+            raise ValueError(f"--format must be onnx, torchscript or safetensors, got {fmt!r}")
     out.with_suffix(out.suffix + ".json").write_text(im.card.to_json())
     return out

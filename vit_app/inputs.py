@@ -7,11 +7,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from PIL import Image
 
-from vit_app.data.images import ImageLoadError, is_image_file, load_image
+from vit_app.data.images import IMAGE_EXTENSIONS, ImageLoadError, is_image_file, load_image
+from vit_app.errors import UserError
 
 
 @dataclass
@@ -24,13 +26,29 @@ class Item:
     error: str | None = None
 
 
-def expand_inputs(args: Iterable[str]) -> tuple[list[str], list[Item]]:
-    """(image paths in a deterministic order, failed items for arguments that match nothing).
+class Counts(NamedTuple):
+    """What a command over PATH arguments did."""
+
+    done: int
+    failed: int
+    skipped: int  # files a folder scan passed over (not an image type vit-app reads)
+
+
+class Inputs(NamedTuple):
+    paths: list[str]  # the image files, in a deterministic order
+    missing: list[Item]  # arguments that match nothing, each with its reason
+    skipped: list[str]  # files a folder scan passed over: not an image type vit-app reads
+
+
+def expand_inputs(args: Iterable[str]) -> Inputs:
+    """The image files named by PATH arguments.
 
     Files are taken as given (whatever their extension: a bad file is reported, not skipped); folders are searched
-    recursively for image extensions, sorted; glob patterns expand sorted. Duplicates are kept once."""
+    recursively for image extensions, sorted, and every other file is listed in `skipped`; glob patterns expand
+    sorted. Duplicates are kept once."""
     paths: list[str] = []
     missing: list[Item] = []
+    skipped: list[str] = []
     seen: set[str] = set()
 
     def add(p: str) -> None:
@@ -43,7 +61,8 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[str], list[Item]]:
             found = []
             for dirpath, dirnames, filenames in os.walk(arg, followlinks=True):
                 dirnames.sort()
-                found += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
+                for f in sorted(filenames):
+                    (found if is_image_file(f) else skipped).append(os.path.join(dirpath, f))
             for p in sorted(found):
                 add(p)
         elif os.path.exists(arg) or os.path.islink(arg):
@@ -57,7 +76,26 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[str], list[Item]]:
                 add(p)
         else:
             missing.append(Item(arg, error="no such file or folder"))
-    return paths, missing
+    return Inputs(paths, missing, skipped)
+
+
+def describe_skipped(skipped: list[str], shown: int = 10) -> str:
+    """'3 files skipped (not an image type vit-app reads: .svg, .txt): a.svg, b.svg, notes.txt'."""
+    kinds = sorted({os.path.splitext(p)[1].lower() or "no extension" for p in skipped})
+    names = ", ".join(skipped[:shown]) + (f", ... and {len(skipped) - shown} more" if len(skipped) > shown else "")
+    return f"{len(skipped)} files skipped (not an image type vit-app reads: {', '.join(kinds)}): {names}"
+
+
+def require_images(found: Inputs, args: Iterable[str]) -> None:
+    """UserError when the arguments name no image at all: a missing path, an empty folder, only other files."""
+    if found.paths:
+        return
+    where = " ".join(args)
+    if found.missing and not found.skipped:
+        reasons = "; ".join(f"{m.path}: {m.error}" for m in found.missing)
+        raise UserError(f"no images to read: {reasons}")
+    extra = f"; {describe_skipped(found.skipped)}" if found.skipped else ""
+    raise UserError(f"{where}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)}){extra}")
 
 
 def load_items(

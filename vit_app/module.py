@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit_app.card import CARD_KEY, ModelCard, Provenance, read_card
 from vit_app.data.transforms import InputSpec
-from vit_app.errors import CheckpointError, ConfigError
+from vit_app.errors import CheckpointError, ConfigError, require
 from vit_app.model import PRESETS, VisionTransformer, ViTConfig, preset_config
 from vit_app.optim import OptimizerName, build_optimizer
 from vit_app.pretrained import load_pretrained
@@ -124,8 +124,20 @@ class ViTClassifier(L.LightningModule):
             raise ConfigError(f"model.arch: unknown preset {arch!r}; choose one of: {', '.join(PRESETS)}")
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
-        if not 0.0 <= patch_drop_end <= 1.0:
-            raise ConfigError(f"model.patch_drop_end must be in [0, 1], got {patch_drop_end}")
+        require(0.0 <= patch_drop_end <= 1.0, "model.patch_drop_end", "be in [0, 1]", patch_drop_end)
+        require(lr > 0, "model.lr", "be > 0", lr)
+        require(weight_decay >= 0, "model.weight_decay", "be >= 0", weight_decay)
+        require(all(0 <= b < 1 for b in betas), "model.betas", "be two numbers in [0, 1)", list(betas))
+        require(warmup_epochs >= 0, "model.warmup_epochs", "be >= 0", warmup_epochs)
+        require(0 <= min_lr_ratio <= 1, "model.min_lr_ratio", "be in [0, 1]", min_lr_ratio)
+        require(0 <= label_smoothing < 1, "model.label_smoothing", "be in [0, 1)", label_smoothing)
+        require(mixup_alpha >= 0, "model.mixup_alpha", "be >= 0 (0 = off)", mixup_alpha)
+        require(cutmix_alpha >= 0, "model.cutmix_alpha", "be >= 0 (0 = off)", cutmix_alpha)
+        require(0 <= mixup_prob <= 1, "model.mixup_prob", "be in [0, 1]", mixup_prob)
+        require(ema_decay is None or 0 < ema_decay < 1, "model.ema_decay", "be in (0, 1), e.g. 0.999", ema_decay)
+        require(time_budget_min is None or time_budget_min > 0, "model.time_budget_min", "be > 0", time_budget_min)
+        require(layer_decay is None or 0 < layer_decay <= 1, "model.layer_decay", "be in (0, 1]", layer_decay)
+        require(num_classes >= 1, "model.num_classes", "be 1 or more", num_classes)
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if class_token is False and global_pool is None:  # no class token to pool: average the patch tokens

@@ -13,24 +13,44 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from jsonargparse import ArgumentError
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # LightningCLI's own use of jsonargparse, not ours
 
-from vit_app.callbacks import BadImageReport, Checkpoint, EvalReport, PredictionWriter, SafeCheckpointIO
-from vit_app.card import ModelCard, read_card_file
-from vit_app.data.datamodule import ViTDataModule
-from vit_app.errors import CheckpointError, ConfigError
-from vit_app.model import preset_config
-from vit_app.module import ARCH_ARGS, ViTClassifier
-from vit_app.precision import choose_precision
+import torch  # noqa: E402
+from jsonargparse import ArgumentError  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
+from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
+
+from vit_app.callbacks import (  # noqa: E402
+    BadImageReport,
+    Checkpoint,
+    EvalReport,
+    ModelLine,
+    PredictionWriter,
+    SafeCheckpointIO,
+    StderrProgressBar,
+)
+from vit_app.card import ModelCard, read_card_file  # noqa: E402
+from vit_app.data.datamodule import ViTDataModule  # noqa: E402
+from vit_app.errors import CheckpointError, ConfigError  # noqa: E402
+from vit_app.model import preset_config  # noqa: E402
+from vit_app.module import ARCH_ARGS, ViTClassifier  # noqa: E402
+from vit_app.precision import choose_precision  # noqa: E402
+from vit_app.progress import is_quiet, shows_bars  # noqa: E402
 
 EVAL_COMMANDS = ("validate", "test", "predict")
+
+
+def eval_dir(ckpt_path: str | os.PathLike) -> Path:
+    """Where evaluating a checkpoint writes: runs/NAME/version_N/eval/<checkpoint name>/ for a checkpoint of a run
+    (in its checkpoints/ folder), else <checkpoint folder>/eval/<checkpoint name>/."""
+    p = Path(ckpt_path)
+    run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return run / "eval" / p.stem
 
 
 class ViTCLI(LightningCLI):
@@ -64,12 +84,31 @@ class ViTCLI(LightningCLI):
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        for section in ("data", "model", "trainer"):
+            if not hasattr(cfg.get(section), "get"):
+                raise ConfigError(f"{section}: expected a section of settings (e.g. {section}:\n  key: value), "
+                                  f"got {cfg.get(section)!r}")  # fmt: skip
         if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
             self._resolve_last(cfg)
         if cfg.get("ckpt_path"):
             cfg["model"]["pretrained"] = None  # the checkpoint's weights replace them anyway: no download
-        if self.subcommand in EVAL_COMMANDS and cfg.get("ckpt_path"):
-            self._model_from_card(cfg, read_card_file(cfg["ckpt_path"]), str(cfg["ckpt_path"]))
+        if self.subcommand in EVAL_COMMANDS:
+            self._evaluation_setup(cfg)
+
+    def _evaluation_setup(self, cfg: Any) -> None:
+        """validate / test / predict: the model from the card; no run folder (version_N counts training runs);
+        reports and predictions beside the checkpoint unless a folder is given."""
+        cfg["trainer"]["logger"] = False
+        ckpt = cfg.get("ckpt_path")
+        if not ckpt:
+            return
+        self._model_from_card(cfg, read_card_file(ckpt), str(ckpt))
+        out = str(eval_dir(ckpt))
+        cfg["checkpoint"]["dirpath"] = cfg["checkpoint"].get("dirpath") or str(Path(ckpt).parent)  # no "dirpath
+        # has changed" warning: the callback does not save outside fit
+        for key in ("eval_report", "predict_writer"):
+            if not cfg[key].get("output_dir"):
+                cfg[key]["output_dir"] = out
 
     def _model_from_card(self, cfg: Any, card: ModelCard, path: str) -> None:
         """Set the model and data sections from the card: architecture, EMA, classes and input spec. Keys the user
@@ -120,6 +159,18 @@ class ViTCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        extra: list[Any] = []
+        if trainer_cfg.get("enable_progress_bar", True) is not False:
+            if shows_bars():  # Lightning's bar, on stderr (stdout is for results)
+                extra.append(StderrProgressBar())
+            else:
+                kwargs["enable_progress_bar"] = False  # a log file or a pipe: no bar
+        if trainer_cfg.get("enable_model_summary", True) is not False:
+            kwargs["enable_model_summary"] = False  # Lightning's table: a FLOPs column of zeros, a bf16 warning
+            extra.append(ModelLine())
+        if extra:
+            given = trainer_cfg.get("callbacks") or []
+            kwargs["callbacks"] = [*(given if isinstance(given, list) else [given]), *extra]
         if trainer_cfg.get("precision") is None:
             precision, reason = choose_precision(trainer_cfg.get("accelerator"))
             kwargs["precision"] = precision
@@ -133,11 +184,37 @@ class ViTCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        cb = self.trainer.checkpoint_callback
-        if isinstance(cb, ModelCheckpoint) and self.trainer.is_global_zero:
+        t = self.trainer
+        if not t.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in t.callback_metrics.items() if k.startswith("val/")}
+        if metrics:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+            epochs = self.model.card().provenance.epochs
+            print(f"vit-app: final: {shown} after {t.global_step} steps ({epochs} epochs)")
+        cb = t.checkpoint_callback
+        if isinstance(cb, ModelCheckpoint):
+            if cb.best_model_score is not None and cb.monitor:
+                print(f"vit-app: best: {cb.monitor} {float(cb.best_model_score):.4f} in {cb.best_model_path}")
             for kind, path in (("best", cb.best_model_path), ("last", cb.last_model_path)):
                 if path and os.path.isfile(path):
                     print(f"vit-app: {kind} checkpoint: {path}")
+
+    def _report(self) -> None:
+        for cb in self.trainer.callbacks:  # what they wrote, once the bars are gone
+            for line in getattr(cb, "summary", ()):
+                print(line)
+            if hasattr(cb, "summary"):
+                cb.summary = []
+
+    def after_validate(self) -> None:
+        self._report()
+
+    def after_test(self) -> None:
+        self._report()
+
+    def after_predict(self) -> None:
+        self._report()
 
 
 class _DropNoise(logging.Filter):
@@ -147,9 +224,22 @@ class _DropNoise(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+class _DropHardwareLines(logging.Filter):
+    """'GPU available: False, used: False', 'Using bfloat16 Automatic Mixed Precision' and the like: our precision
+    line says what matters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (" available: " in msg or msg.startswith(("LOCAL_RANK", "You are using a CUDA device", "Using ")))
+
+
 def _quiet_lightning() -> None:
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        handler.addFilter(_DropNoise())
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING if is_quiet() else logging.INFO)
+        for handler in logger.handlers:
+            handler.addFilter(_DropNoise())
+            handler.addFilter(_DropHardwareLines())
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
@@ -172,14 +262,21 @@ def build_cli(args: list[str], run: bool = True) -> ViTCLI:
     )
 
 
-def run(args: list[str]) -> int:
+def run(args: list[str], quiet: bool = False) -> int:
     """Run a LightningCLI command; returns the exit status (143 after SIGTERM, once last.ckpt is saved)."""
+    if quiet:
+        args = [*args, "--trainer.enable_progress_bar", "false"]
     try:
         build_cli(args)
     except SIGTERMException:
         print("vit-app: stopped by SIGTERM; last.ckpt was saved (resume with --ckpt_path last)", file=sys.stderr)
         return 143
     except ArgumentError as e:  # jsonargparse: unknown key, wrong type, unreadable config file
-        msg = str(e).strip().replace("\n", " ").replace("  ", " ")
+        msg = " ".join(str(e).split())
+        files = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+        if files and "config" in msg.lower() and not any(f in msg for f in files):
+            msg = f"--config {' '.join(files)}: {msg}"  # say which file the parser could not read
         raise ConfigError(f"{msg} (see 'vit-app {args[0]} --help' for the options)") from e
+    except MisconfigurationException as e:  # Lightning's own checks of trainer settings
+        raise ConfigError(f"trainer: {' '.join(str(e).split())}") from e
     return 0

@@ -16,7 +16,7 @@ from vit_app.data.memory import TensorBatchLoader
 from vit_app.data.sampling import EpochSampler, ResumableDataLoader, SeededTransform
 from vit_app.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from vit_app.data.transforms import InputSpec, TrainCrop, build_eval_transform, build_train_transform
-from vit_app.errors import ConfigError
+from vit_app.errors import ConfigError, UserError, require
 
 DatasetKind = Literal["synthetic", "cifar10", "cifar100", "imagefolder"]
 CIFAR_STATS = {
@@ -24,6 +24,7 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
 
 def _cifar_class(kind: str):
@@ -171,6 +172,17 @@ class ViTDataModule(L.LightningDataModule):
         predict_path: str | None = None,
     ) -> None:
         super().__init__()
+        require(batch_size >= 1, "data.batch_size", "be 1 or more", batch_size)
+        require(eval_batch_size is None or eval_batch_size >= 1, "data.eval_batch_size", "be 1 or more",
+                eval_batch_size)  # fmt: skip
+        require(num_workers is None or num_workers >= 0, "data.num_workers", "be 0 or more", num_workers)
+        require(val_holdout >= 0, "data.val_holdout", "be 0 (validate on the test split) or more", val_holdout)
+        require(synthetic_train_size >= 1, "data.synthetic_train_size", "be 1 or more", synthetic_train_size)
+        require(synthetic_val_size >= 1, "data.synthetic_val_size", "be 1 or more", synthetic_val_size)
+        require(0 < rrc_scale[0] <= rrc_scale[1] <= 1, "data.rrc_scale", "be [low, high] with 0 < low <= high <= 1",
+                list(rrc_scale))  # fmt: skip
+        require(memory_device == "cpu" or memory_device.startswith("cuda"), "data.memory_device", "be cpu or cuda",
+                memory_device)  # fmt: skip
         self.kind = dataset
         self.root = os.path.expanduser(root) if root else root
         self.download = download
@@ -206,7 +218,8 @@ class ViTDataModule(L.LightningDataModule):
                 f"data.dataset: unknown dataset {dataset!r}; choose synthetic, cifar10, cifar100, imagefolder"
             )
         try:
-            spec = InputSpec.create(img_size or default_size, crop_pct, mean or default_stats[0],
+            size = img_size if img_size is not None else default_size
+            spec = InputSpec.create(size, crop_pct, mean or default_stats[0],
                                     std or default_stats[1])  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"data.{e}") from None
@@ -277,42 +290,44 @@ class ViTDataModule(L.LightningDataModule):
                 _cifar_class(self.kind)(self.root, train=train, download=True)
             self.class_names = _cifar_classes(self.kind, self.root)  # the real names, now that the data is here
 
-    def _raw_splits(self) -> tuple[Dataset, Dataset, Dataset]:
-        """(train, val, test) datasets yielding (PIL image, label), without transforms."""
+    def _raw_split(self, split: str) -> Dataset:
+        """The train, val or test dataset, yielding (PIL image, label), without transforms. Only that split is built
+        (and, for a held-out validation split, the training set it is cut from)."""
+        held_out = self.val_holdout > 0 and self.kind != "imagefolder"
+        if self.kind == "imagefolder":
+            folder = self.train_split if split == "train" else self.val_split
+            return ImageFolderDataset(Path(self.root) / folder, self.class_names)  # type: ignore[arg-type]
+        if split == "test" or (split == "val" and not held_out):
+            if self.kind == "synthetic":
+                return SyntheticShapes(self.synthetic_sizes[1], seed=2000 + self.seed, img_size=self.img_size)
+            return _cifar_class(self.kind)(self.root, train=False, download=False)
         if self.kind == "synthetic":
-            n_train, n_val = self.synthetic_sizes
-            train = SyntheticShapes(n_train, seed=1000 + self.seed, img_size=self.img_size)
-            test = SyntheticShapes(n_val, seed=2000 + self.seed, img_size=self.img_size)
-        elif self.kind in CIFAR_STATS:
-            cls = _cifar_class(self.kind)
-            train, test = cls(self.root, train=True, download=False), cls(self.root, train=False, download=False)
+            train: Dataset = SyntheticShapes(self.synthetic_sizes[0], seed=1000 + self.seed, img_size=self.img_size)
         else:
-            root = Path(self.root)  # type: ignore[arg-type]
-            train = ImageFolderDataset(root / self.train_split, self.class_names)
-            test = ImageFolderDataset(root / self.val_split, self.class_names)
-            return train, test, test
-        if self.val_holdout <= 0:
-            return train, test, test
-        if self.val_holdout >= len(train):  # type: ignore[arg-type]
-            raise ConfigError(
-                f"data.val_holdout: {self.val_holdout} is not smaller than the {len(train)} training images"
-            )
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()  # type: ignore[arg-type]
-        return Subset(train, perm[self.val_holdout :]), Subset(train, perm[: self.val_holdout]), test
+            train = _cifar_class(self.kind)(self.root, train=True, download=False)
+        if not held_out:
+            return train
+        n = len(train)  # type: ignore[arg-type]
+        if self.val_holdout >= n:
+            raise ConfigError(f"data.val_holdout: {self.val_holdout} is not smaller than the {n} training images")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return Subset(train, perm[self.val_holdout :] if split == "train" else perm[: self.val_holdout])
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the splits `stage` uses: fit train + val, validate val, test test, predict none (its loader reads
+        what it needs)."""
         if self.kind in CIFAR_STATS:
             self.class_names = _cifar_classes(self.kind, self.root)  # another process may have downloaded it
-        if self.train_set is not None:
-            return
-        train, val, test = self._raw_splits()
-        if self.loader == "memory":
-            dev = self.memory_device
-            self.train_set, self.val_set, self.test_set = (_as_tensors(d, dev) for d in (train, val, test))
-            return
-        self.train_set = SeededTransform(train, self.train_transform, self.seed)
-        self.val_set = SeededTransform(val, self.eval_transform, self.seed)
-        self.test_set = SeededTransform(test, self.eval_transform, self.seed)
+        for split in STAGE_SPLITS.get(stage or "", ("train", "val", "test")):
+            if getattr(self, f"{split}_set") is not None:
+                continue
+            raw = self._raw_split(split)
+            if self.loader == "memory":
+                built: Any = _as_tensors(raw, self.memory_device)
+            else:
+                transform = self.train_transform if split == "train" else self.eval_transform
+                built = SeededTransform(raw, transform, self.seed)
+            setattr(self, f"{split}_set", built)
 
     def _loader(self, ds: Any, train: bool) -> DataLoader | TensorBatchLoader:
         assert ds is not None, "call setup() first"
@@ -358,14 +373,17 @@ class ViTDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Batches of {"x", "index", "path", "error"}: every image of the predict split or path, in order."""
         if self.predict_path is not None:
-            from vit_app.inputs import expand_inputs
+            from vit_app.inputs import describe_skipped, expand_inputs, require_images
 
-            paths, missing = expand_inputs([self.predict_path])
-            if missing and not paths:
-                raise ConfigError(f"data.predict_path: {self.predict_path}: {missing[0].error}")
-            ds: Dataset = PredictFiles(paths, self.eval_transform, self.img_size)
+            found = expand_inputs([self.predict_path])
+            try:
+                require_images(found, [self.predict_path])
+            except UserError as e:
+                raise ConfigError(f"data.predict_path: {e}") from None
+            if found.skipped:
+                warnings.warn(f"vit-app predict: {describe_skipped(found.skipped)}", stacklevel=2)
+            ds: Dataset = PredictFiles(found.paths, self.eval_transform, self.img_size)
         else:
-            train, val, test = self._raw_splits()
-            split = {"train": train, "val": val, "test": test}[self.predict_split]
+            split = self._raw_split(self.predict_split)
             ds = PredictSplit(split, self.eval_transform, self.predict_split, self.img_size)
         return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, shuffle=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -14,8 +15,8 @@ from vit_app.errors import UserError
 # A truncated file is an error, never a silently half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "HEIF", "AVIF"})
 MAX_FILE_BYTES = 256 * 1024 * 1024  # refuse to even open files larger than this
 MAX_PIXELS = 89_478_485  # Pillow's default bomb threshold; twice this is refused by Pillow itself
 
@@ -26,6 +27,16 @@ class ImageLoadError(UserError, ValueError):
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+@functools.cache
+def _register_heif() -> None:
+    """HEIC/HEIF (phone photos) through the pillow-heif plugin; Pillow reads AVIF itself."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # not installed: such files are then reported as unidentifiable
+        return
+    register_heif_opener()
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -58,6 +69,7 @@ def load_image(path: str | os.PathLike, background: tuple[int, int, int] = (255,
         raise ImageLoadError(f"{p}: empty file")
     if size > MAX_FILE_BYTES:
         raise ImageLoadError(f"{p}: file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit")
+    _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -3,19 +3,22 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vit_app.explain.engine import Explanation, explain
+from vit_app.errors import ConfigError
+from vit_app.evaldata import batches, open_data, parse_data
+from vit_app.explain.engine import explain
+from vit_app.inference import InferenceModel
 from vit_app.model import VisionTransformer
-
-MapFn = Callable[[Tensor], Explanation]
+from vit_app.progress import bar
 
 
 def cell_coverage(masks: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -100,7 +103,7 @@ class MethodScores:
 
 def evaluate_maps(
     model: VisionTransformer,
-    batches: Iterator[tuple[Tensor, Tensor | None]],
+    batches: Iterable[tuple[Tensor, Tensor | None, Tensor | None]],
     methods: list[str],
     steps: int = 16,
     discard_ratio: float = 0.0,
@@ -108,12 +111,12 @@ def evaluate_maps(
     layer: int = -1,
     temperature: float = 1.0,
 ) -> dict[str, MethodScores]:
-    """Score every method (and a 'random' map) over batches of (normalised images, object masks or None); the
-    curves use the calibrated probabilities softmax(logits / temperature)."""
+    """Score every method (and a 'random' map) over batches of (normalised images, labels or None, object masks or
+    None); the curves use the calibrated probabilities softmax(logits / temperature)."""
     scores = {m: MethodScores() for m in [*methods, "random"]}
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
-    for x, masks in batches:
+    for x, _, masks in batches:
         x = x.to(dev)
         base = explain(model, x, "rollout", discard_ratio=discard_ratio, temperature=temperature)
         target = base.probs.argmax(dim=1)  # every method explains the predicted class
@@ -134,27 +137,6 @@ def evaluate_maps(
             s.deletion.append(d.cpu())
             s.insertion.append(i.cpu())
     return scores
-
-
-def synthetic_batches(
-    transform: Callable, img_size: int, n: int, batch_size: int, seed: int = 2000
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Validation-stream synthetic images with their object masks, as (x, masks) batches."""
-    from PIL import Image
-
-    from vit_app.data.synthetic import SyntheticShapes
-
-    ds = SyntheticShapes(n, seed=seed, img_size=img_size)
-    for start in range(0, n, batch_size):
-        samples = [ds.sample(i) for i in range(start, min(n, start + batch_size))]
-        x = torch.stack([transform(Image.fromarray(img)) for img, _, _ in samples])
-        yield x, torch.stack([torch.from_numpy(mask) for _, _, mask in samples])
-
-
-def image_batches(images: list, transform: Callable, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Batches of (x, None) from PIL images (no masks: deletion and insertion only)."""
-    for start in range(0, len(images), batch_size):
-        yield torch.stack([transform(img) for img in images[start : start + batch_size]]), None
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -206,29 +188,8 @@ def plot_results(scores: dict[str, MethodScores], path: str, title: str) -> None
     plt.close(fig)
 
 
-def _load_data(spec: list[str], im, n: int, batch_size: int) -> tuple[Iterator[tuple[Tensor, Tensor | None]], str]:
-    """Batches and a description for --data: 'synthetic', 'cifar10:ROOT', 'cifar100:ROOT' or image paths."""
-    from vit_app.inputs import expand_inputs, load_items
-
-    size = im.card.input.img_size
-    if spec == ["synthetic"]:
-        return synthetic_batches(im.transform, size, n, batch_size), f"synthetic shapes ({n} images, with masks)"
-    if len(spec) == 1 and spec[0].split(":", 1)[0] in ("cifar10", "cifar100"):
-        from torchvision.datasets import CIFAR10, CIFAR100
-
-        kind, root = spec[0].split(":", 1)
-        root = os.path.expanduser(root)
-        ds = (CIFAR10 if kind == "cifar10" else CIFAR100)(root, train=False, download=False)
-        return image_batches([ds[i][0] for i in range(min(n, len(ds)))], im.transform, batch_size), f"{kind} test"
-    paths, _ = expand_inputs(spec)
-    items = [it for it in load_items(paths[: 4 * n], im.transform) if it.error is None][:n]
-    if not items:
-        raise ValueError(f"--data {' '.join(spec)}: no readable images")
-    return image_batches([it.image for it in items], im.transform, batch_size), f"{len(items)} images"
-
-
 def run_explain_eval(
-    im,
+    im: InferenceModel,
     data: list[str],
     n: int,
     methods: list[str],
@@ -238,12 +199,23 @@ def run_explain_eval(
     batch_size: int,
     layer: int = -1,
 ) -> str:
-    """Score the methods on `data`; write explain_eval.png / .json into out_dir and return the printed table."""
-    import json
-    from pathlib import Path
+    """Score the methods on `data` (see vit_app.evaldata); write explain_eval.png / .json into out_dir and return the
+    printed table."""
+    spec = parse_data(data)
+    count, samples = open_data(spec, im.class_names, im.card.input.img_size, n, labels=False)
+    with bar(count, "explain-eval") as progress:
 
-    batches, description = _load_data(data, im, n, batch_size)
-    scores = evaluate_maps(im.model, batches, methods, steps, discard_ratio, layer=layer, temperature=im.temperature)
+        def counted() -> Iterator[tuple[Tensor, Tensor | None, Tensor | None]]:
+            for b in batches(samples, im.transform, batch_size):
+                yield b
+                progress.update(len(b[0]))
+
+        scores = evaluate_maps(im.model, counted(), methods, steps, discard_ratio, layer=layer,
+                               temperature=im.temperature)  # fmt: skip
+    seen = sum(len(d) for d in scores["random"].deletion)
+    if not seen:
+        raise ConfigError(f"--data {spec.spec}: no readable images")
+    description = f"{spec.describe()} ({seen} images{', with masks' if spec.kind == 'synthetic' else ''})"
     results = {k: v.summary() for k, v in scores.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

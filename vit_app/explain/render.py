@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from vit_app.errors import ConfigError
 from vit_app.explain.engine import Explanation, Method, explain
 from vit_app.explain.overlay import grid, model_view, overlay, tile
 from vit_app.explain.rollout import HeadFusion
 from vit_app.inference import InferenceModel
-from vit_app.inputs import Item, expand_inputs, iter_batches, stack_ok
-
-PROGRESS_MIN_IMAGES = 16
+from vit_app.inputs import Counts, Item, describe_skipped, expand_inputs, iter_batches, require_images, stack_ok
+from vit_app.progress import bar, say
 
 
 def resolve_class(spec: str | None, class_names: list[str]) -> int | None:
@@ -30,7 +28,17 @@ def resolve_class(spec: str | None, class_names: list[str]) -> int | None:
         return class_names.index(spec)
     if spec.lstrip("-").isdigit() and 0 <= int(spec) < len(class_names):
         return int(spec)
-    raise ValueError(f"--class {spec!r}: not a class name or index of this model ({len(class_names)} classes)")
+    shown = ", ".join(class_names[:20]) + (f", ... ({len(class_names) - 20} more)" if len(class_names) > 20 else "")
+    raise ConfigError(
+        f"--class {spec!r}: not a class of this model; give a name or an index 0-{len(class_names) - 1}: {shown}"
+    )
+
+
+def check_layer(layer: int, depth: int, option: str = "--layer") -> int:
+    """The block index `layer` names (negative counts from the last), or ConfigError."""
+    if not -depth <= layer < depth:
+        raise ConfigError(f"{option} {layer}: the model has {depth} blocks: give 0-{depth - 1}, or -1 for the last")
+    return layer % depth
 
 
 class _Names:
@@ -117,13 +125,18 @@ def run_attention(
     batch_size: int = 16,
     err: IO[str] | None = None,
     html: bool = False,
-) -> tuple[int, int]:
-    """Explain every input into out_dir (plus index.jsonl, one record an image); returns (done, failed)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+) -> Counts:
+    """Explain every input into out_dir (plus index.jsonl, one record an image). Options and inputs are checked
+    before anything is written: a bad one is a UserError and leaves no output folder behind."""
+    inputs = list(inputs)
     target = resolve_class(target_class, im.class_names)
-    err = err if err is not None else sys.stderr
-    paths, missing = expand_inputs(inputs)
+    check_layer(layer, len(im.model.blocks))
+    found = expand_inputs(inputs)
+    require_images(found, inputs)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the maps")
+    out.mkdir(parents=True, exist_ok=True)
     names = _Names()
     done = failed = 0
     with open(out / "index.jsonl", "w") as index:
@@ -136,12 +149,14 @@ def run_attention(
             nonlocal failed
             failed += 1
             record({"path": item.path, "error": item.error})
-            err.write(f"vit-app attention: {item.path}: {item.error}\n")
+            say(f"vit-app attention: {item.path}: {item.error}", err)
 
-        for item in missing:
+        if found.skipped:
+            say(f"vit-app attention: {describe_skipped(found.skipped)}", err)
+        for item in found.missing:
             report(item)
-        bar = tqdm(total=len(paths), unit="img", disable=len(paths) < PROGRESS_MIN_IMAGES, file=err, leave=False)
-        for items in iter_batches(paths, im.transform, batch_size):
+        progress = bar(len(found.paths), "attention", file=err)
+        for items in iter_batches(found.paths, im.transform, batch_size):
             ok, x = stack_ok(items)
             ex = None
             if x is not None:
@@ -160,10 +175,10 @@ def run_attention(
                 except OSError as e:
                     item.error = f"cannot write output: {e}"
                     report(item)
-            bar.update(len(items))
-        bar.close()
+            progress.update(len(items))
+        progress.close()
     if html:
         from vit_app.explain.report import write_report
 
         write_report(out)
-    return done, failed
+    return Counts(done, failed, len(found.skipped))

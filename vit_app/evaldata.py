@@ -1,0 +1,177 @@
+"""The --data argument of `calibrate` and `explain-eval`: one parser, one meaning, the same checks for both.
+
+    synthetic          the built-in shapes (validation stream), with each object's mask
+    cifar10:ROOT       the CIFAR-10 test split; ROOT holds cifar-10-batches-py/ (cifar100:ROOT likewise)
+    folder:DIR, DIR    DIR/<class>/<image>, the model's class names as folders (labels); explain-eval, which needs
+                       none, takes every image under DIR
+    FILES / GLOBS      images without labels (explain-eval)
+
+Data with labels must have the model's classes: another class count is refused, naming both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vit_app.errors import ConfigError, UserError
+
+Kind = Literal["synthetic", "cifar10", "cifar100", "folder", "images"]
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+FORMS = "synthetic, cifar10:ROOT, cifar100:ROOT, folder:DIR (or DIR), or image files and globs"
+
+
+@dataclass(frozen=True)
+class EvalData:
+    kind: Kind
+    root: str | None = None
+    paths: tuple[str, ...] = ()
+    spec: str = ""  # as the user gave it, for messages
+
+    def describe(self) -> str:
+        if self.kind == "synthetic":
+            return "synthetic shapes"
+        if self.kind in CIFAR_FOLDERS:
+            return f"{self.kind} test split"
+        return str(self.root) if self.kind == "folder" else " ".join(self.paths)
+
+
+@dataclass
+class Sample:
+    image: Image.Image
+    label: int | None = None
+    mask: np.ndarray | None = None  # (H, W) bool, the object (synthetic data only)
+
+
+def parse_data(spec: str | list[str]) -> EvalData:
+    """EvalData for a --data value (see the module doc), or ConfigError saying which form was meant."""
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    if not parts or not all(parts):
+        raise ConfigError(f"--data: give one of {FORMS}")
+    if len(parts) == 1:
+        one = parts[0]
+        kind, sep, rest = one.partition(":")
+        if one == "synthetic":
+            return EvalData("synthetic", spec=one)
+        if kind in CIFAR_FOLDERS:
+            if not sep or not rest:
+                raise ConfigError(f"--data {one}: give the folder that holds {CIFAR_FOLDERS[kind]}/, as {kind}:ROOT")
+            root = os.path.expanduser(rest)
+            if not (Path(root) / CIFAR_FOLDERS[kind]).is_dir():
+                raise ConfigError(
+                    f"--data {one}: '{Path(root) / CIFAR_FOLDERS[kind]}' does not exist; ROOT is the folder that holds "
+                    f"{CIFAR_FOLDERS[kind]}/"
+                )
+            return EvalData(kind, root, spec=one)  # type: ignore[arg-type]
+        if kind == "folder" and sep:
+            root = os.path.expanduser(rest)
+            if not os.path.isdir(root):
+                raise ConfigError(f"--data {one}: folder '{root}' does not exist")
+            return EvalData("folder", root, spec=one)
+        if os.path.isdir(one):
+            return EvalData("folder", one, spec=one)
+        if kind in ("synthetic", "folder", "cifar", "imagenet", "imagefolder") and not os.path.exists(one):
+            raise ConfigError(f"--data {one}: not a data set vit-app knows; give one of {FORMS}")
+    return EvalData("images", paths=tuple(parts), spec=" ".join(parts))
+
+
+def _some(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def _check_classes(data: EvalData, data_classes: list[str] | int, model_classes: list[str]) -> None:
+    n = data_classes if isinstance(data_classes, int) else len(data_classes)
+    if n != len(model_classes):
+        shown = "" if isinstance(data_classes, int) else f" ({_some(data_classes)})"
+        raise ConfigError(
+            f"--data {data.spec}: the {data.describe()} has {n} classes{shown}, but the model has "
+            f"{len(model_classes)} ({_some(model_classes)}); give data with the model's classes"
+        )
+
+
+def open_data(
+    data: EvalData, class_names: list[str], img_size: int, limit: int, labels: bool
+) -> tuple[int, Iterator[Sample]]:
+    """(how many samples, the samples) of `data`, at most `limit`; with `labels`, only data that has them."""
+    if data.kind == "synthetic":
+        from vit_app.data.synthetic import SHAPES, SyntheticShapes
+
+        _check_classes(data, list(SHAPES), class_names)
+        ds = SyntheticShapes(limit, seed=2000, img_size=img_size)  # the DataModule's validation stream (seed 0)
+
+        def synthetic() -> Iterator[Sample]:
+            for i in range(limit):
+                img, label, mask = ds.sample(i)
+                yield Sample(Image.fromarray(img), label, mask)
+
+        return limit, synthetic()
+    if data.kind in CIFAR_FOLDERS:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        _check_classes(data, CIFAR_CLASSES[data.kind], class_names)
+        try:
+            ds = (CIFAR10 if data.kind == "cifar10" else CIFAR100)(data.root, train=False, download=False)
+        except RuntimeError as e:  # torchvision's integrity check
+            raise ConfigError(f"--data {data.spec}: the data set is incomplete or damaged ({e})") from None
+        n = min(limit, len(ds))
+        return n, (Sample(*ds[i]) for i in range(n))
+    if data.kind == "folder" and labels:
+        from vit_app.data.folder import ImageFolderDataset
+
+        present = sorted(e.name for e in os.scandir(data.root) if e.is_dir())  # type: ignore[arg-type]
+        missing = [c for c in class_names if c not in present]
+        if missing:
+            raise ConfigError(
+                f"--data {data.spec}: labels come from one sub-folder a class, named as the model's classes; "
+                f"missing: {_some(missing)} (found: {_some(present) or 'no sub-folders'})"
+            )
+        ds = ImageFolderDataset(data.root, class_names)  # type: ignore[arg-type]
+        n = min(limit, len(ds))
+        return n, (Sample(img, label) for img, label in (ds[i] for i in range(n)) if isinstance(img, Image.Image))
+    if labels:
+        raise ConfigError(
+            f"--data {data.spec}: this needs labelled images: synthetic, cifar10:ROOT, cifar100:ROOT, or "
+            "folder:DIR with one sub-folder a class"
+        )
+    from vit_app.inputs import expand_inputs, require_images
+
+    args = [data.root] if data.kind == "folder" else list(data.paths)
+    found = expand_inputs(args)  # type: ignore[arg-type]
+    try:
+        require_images(found, args)  # type: ignore[arg-type]
+    except UserError as e:
+        raise ConfigError(f"--data: {e}") from None
+    paths = found.paths
+
+    def files() -> Iterator[Sample]:
+        from vit_app.data.images import ImageLoadError, load_image
+        from vit_app.progress import say
+
+        for p in paths:
+            try:
+                yield Sample(load_image(p))
+            except ImageLoadError as e:
+                say(f"vit-app: skipped {e}")
+
+    return min(limit, len(paths)), islice(files(), limit)
+
+
+def batches(
+    samples: Iterator[Sample], transform: Callable[[Image.Image], torch.Tensor], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+    """(x (B, 3, S, S), labels (B,) or None, masks (B, H, W) or None) batches."""
+    while chunk := list(islice(samples, batch_size)):
+        x = torch.stack([transform(s.image) for s in chunk])
+        y = torch.tensor([s.label for s in chunk]) if all(s.label is not None for s in chunk) else None
+        masks = [s.mask for s in chunk]
+        m = torch.stack([torch.from_numpy(k) for k in masks]) if all(k is not None for k in masks) else None
+        yield x, y, m
