@@ -193,7 +193,7 @@ def test_python_api_predict_equals_classify_json_and_explain_equals_attention_np
     pil = Image.open(paths[1]).convert("RGB")
     assert m.predict([str(p) for p in paths], topk=3) == cli
     assert m.predict([paths[0], pil], topk=3) == cli[:2]  # paths and PIL images alike
-    maps = m.explain([str(p) for p in paths], method="rollout")
+    maps = m.explain([str(p) for p in paths])  # the default method, as the CLI's
     assert maps.shape == (len(paths), 4, 4)
     assert main(["attention", *map(str, paths), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "maps")]) == 0
     for i, p in enumerate(paths):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vit_app.cli import main
@@ -51,15 +52,46 @@ def test_deletion_and_insertion_rank_a_right_map_above_a_wrong_one() -> None:
 
 def test_explain_eval_command(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "ee"
-    assert (
-        main(["explain-eval", "--ckpt", str(tiny_ckpt), "--num-images", "24", "--steps", "4", "--out", str(out)]) == 0
-    )
+    args = ["explain-eval", "--ckpt", str(tiny_ckpt), str(tiny_ckpt), "--num-images", "24", "--steps", "4"]
+    assert main([*args, "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    for name in ("rollout", "grad-rollout", "attention", "random", "pointing", "deletion_auc"):
+    for name in ("mean-attention", "relevance", "attnlrp", "random", "pointing", "deletion AUC", "del / random"):
         assert name in table
-    res = json.loads((out / "explain_eval.json").read_text())["results"]
-    assert set(res) == {"rollout", "grad-rollout", "attention", "random"}
+    assert "24 images a model" in table and "2 model(s)" in table and "seed 0" in table
+    record = json.loads((out / "explain_eval.json").read_text())
+    res = record["results"]
+    assert set(res) == {"mean-attention", "rollout", "attention", "relevance", "attnlrp", "cp-lrp", "random"}
     for r in res.values():
-        assert 0 <= r["pointing"] <= 1 and 0 <= r["mass_in_mask"] <= 1
-        assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+        for key in ("pointing", "mass_in_mask", "deletion_auc", "insertion_auc", "pair_pointing"):
+            mean, lo, hi = r[key]
+            assert 0 <= lo <= mean <= hi <= 1, (key, r[key])
+    assert len(record["per_model"]) == 2 and record["per_model"][0] == record["per_model"][1]  # one model, twice
     assert (out / "explain_eval.png").stat().st_size > 10_000
+
+
+def test_bootstrap_interval_and_pair_rule() -> None:
+    from vit_app.explain.evaluate import bootstrap, pair_pointing
+
+    values = np.array([1.0] * 90 + [0.0] * 10)
+    mean, lo, hi = bootstrap(values, seed=0)
+    assert mean == 0.9 and lo < 0.9 < hi and hi - lo < 0.15  # about 2 x 1.96 x sqrt(0.09 / 100) = 0.12
+    assert bootstrap(values, seed=0) == bootstrap(values, seed=0)  # seeded: the same interval every time
+    assert bootstrap(np.ones(5)) == (1.0, 1.0, 1.0)
+    target = torch.zeros(2, 2, 2)
+    other = torch.zeros(2, 2, 2)
+    target[:, 0, 0], other[:, 0, 0] = 0.3, 0.1  # cell (0, 0): more of the asked-for object than of the other
+    target[:, 1, 1], other[:, 1, 1] = 0.1, 0.4
+    maps = torch.zeros(2, 2, 2)
+    maps[0, 0, 0] = 1.0  # points at (0, 0): a hit
+    maps[1, 1, 1] = 1.0  # points at (1, 1), where the other object dominates: a miss
+    assert pair_pointing(maps, target, other).tolist() == [1.0, 0.0]
+
+
+def test_two_object_split_has_disjoint_masks_of_two_classes() -> None:
+    from vit_app.data.synthetic import render_pair
+
+    for i in range(20):
+        img, (a, b), masks = render_pair(3000, i, 32)
+        assert img.shape == (32, 32, 3) and a != b and masks.shape == (2, 32, 32)
+        assert masks[0].any() and masks[1].any() and not (masks[0] & masks[1]).any()
+    np.testing.assert_array_equal(render_pair(3000, 7, 32)[0], render_pair(3000, 7, 32)[0])  # deterministic

@@ -105,7 +105,7 @@ def test_init_is_timm_like() -> None:
     assert 0.018 < w.std().item() < 0.022 and w.abs().mean().item() < 0.02  # trunc-normal(std 0.02)
     assert m.blocks[0].attn.qkv.bias.abs().max() == 0
     assert m.cls_token.abs().max().item() < 1e-4
-    assert m.no_weight_decay() == {"pos_embed", "cls_token"}
+    assert m.no_weight_decay() == {"pos_embed", "cls_token", "reg_token"}  # timm's names
 
 
 # Exact counts, also checked against timm below; the CIFAR presets have 10 classes, the 224 ones 1000.
@@ -123,7 +123,7 @@ def test_preset_parameter_counts_are_pinned(name: str) -> None:
     num_classes = 10 if "cifar" in name else 1000
     with torch.device("meta"):
         ours = create_model(name, num_classes=num_classes)
-        ref = TimmViT(**PRESETS[name].replace(num_classes=num_classes).to_dict())
+        ref = TimmViT(**PRESETS[name].replace(num_classes=num_classes).timm_kwargs())
     n = sum(p.numel() for p in ours.parameters())
     assert n == PINNED_PARAMS[name]
     assert n == sum(p.numel() for p in ref.parameters())
@@ -224,3 +224,54 @@ def test_patch_dropout_matches_timm_argument_and_eval_logits() -> None:
         assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
         ours.train()
         assert ours.forward_features(x).shape == (2, 1 + 48, 96)  # 64 patches, a quarter dropped
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(reg_tokens=4), dict(reg_tokens=4, no_embed_class=True), dict(reg_tokens=2, class_token=False,
+                                                                        global_pool="avg", no_embed_class=True)],
+)  # fmt: skip
+def test_register_tokens_load_timm_weights_strictly_with_equal_logits(kw: dict) -> None:
+    shape = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=7, **kw)
+    ref = TimmViT(**shape).eval()
+    _randomize(ref)
+    ours = VisionTransformer(**shape).eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+        _, attns = ours.forward_with_attention(x)
+    P = (0 if kw.get("class_token") is False else 1) + kw["reg_tokens"]
+    assert ours.num_prefix_tokens == P and attns[0].shape[-1] == P + 64
+    assert "reg_token" in ours.no_weight_decay()
+
+
+def test_sincos_position_embeddings_are_fixed_and_timm_loads_them() -> None:
+    from vit_app.model import sincos_2d
+
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, pos_embed_init="sincos")
+    assert not m.pos_embed.requires_grad
+    torch.testing.assert_close(m.pos_embed[:, 1:], sincos_2d((4, 4), 32))
+    table = sincos_2d((2, 3), 8)[0]  # rows: (y, x) in row-major order; columns: sin x, cos x, sin y, cos y
+    freqs = torch.tensor([1.0, 1e-4])  # 1 / 10000 ** (i / (dim / 4 - 1))
+    torch.testing.assert_close(table[4, :2], freqs.sin())  # (y=1, x=1)
+    torch.testing.assert_close(table[5, :2], (2 * freqs).sin())  # (y=1, x=2)
+    torch.testing.assert_close(table[5, 4:6], freqs.sin())
+    ref = TimmViT(**m.config.timm_kwargs())
+    ref.load_state_dict(m.state_dict(), strict=True)  # timm sees an ordinary (learned) position embedding
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VisionTransformer(embed_dim=30, num_heads=3, pos_embed_init="sincos")
+
+
+def test_mimetic_init_makes_attention_start_near_the_identity() -> None:
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=1, num_heads=4, attn_init="mimetic")
+    D, hd = 64, 16
+    w = m.blocks[0].attn.qkv.weight.view(3, D, D)
+    qk = w[0, :hd].T @ w[1, :hd]  # head 0's W_q W_k^T (D x D): a rank-16 part of 0.7 Z + 0.7 I
+    assert qk.diag().mean() > 3 * (qk - torch.diag(qk.diag())).abs().mean()
+    vo = w[2].T @ m.blocks[0].attn.proj.weight.T  # W_v W_o = 0.4 Z - 0.4 I exactly
+    torch.testing.assert_close(vo.diag().mean(), torch.tensor(-0.4), atol=0.05, rtol=0)
+    plain = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=1, num_heads=4)
+    assert set(m.state_dict()) == set(plain.state_dict())  # only values differ: timm weights, timm names

@@ -50,7 +50,7 @@ def test_muon_groups_hold_exactly_the_blocks_weight_matrices() -> None:
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon, the reference, is PyTorch >= 2.9")
 def test_steps_equal_torch_muon_and_adamw_side_by_side() -> None:
     a, b = _model(), _model()
-    opt_a = MuonAdamW(param_groups(a, 0.05, muon=True), lr=1e-2)
+    opt_a = MuonAdamW(param_groups(a, 0.05, muon=True), lr=1e-2, ns_dtype=torch.bfloat16)  # torch's dtype, always
     gb = param_groups(b, 0.05, muon=True)
     muon = torch.optim.Muon([g for g in gb if g.get("muon")], lr=1e-2, adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW([g for g in gb if not g.get("muon")], lr=1e-2)

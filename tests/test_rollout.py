@@ -1,4 +1,5 @@
-"""Rollout against hand-computed cases and a float64 reference; per-image discard; grad-rollout layer pairing."""
+"""Rollout and relevance against hand-computed cases and a float64 reference; per-image discard; gradient-layer
+pairing; register tokens; attention-aware LRP; a model whose right answer is known by construction."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from vit_app.explain.engine import explain
-from vit_app.explain.rollout import attention_rollout, discard_lowest, grad_rollout, head_maps, layer_rollouts
+from vit_app.explain.engine import METHODS, explain
+from vit_app.explain.lrp import lrp_maps, relevance_forward
+from vit_app.explain.rollout import attention_rollout, discard_lowest, head_maps, layer_rollouts, relevance_rollout
 from vit_app.model import VisionTransformer
 
 A = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
@@ -134,31 +136,68 @@ def _tiny_model() -> VisionTransformer:
     return m
 
 
-def test_grad_rollout_pairs_each_gradient_with_its_own_layer() -> None:
+def test_relevance_by_hand() -> None:
+    # one layer: R = I + (A * G)^+ averaged over heads; the class row over the patches
+    attn = A.view(1, 1, 3, 3)
+    grad = torch.tensor([[1.0, -1.0, 2.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]).view(1, 1, 3, 3)
+    out = relevance_rollout([attn], [grad], grid=(1, 2))
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 0.4]]]))  # (0.3 * -1)^+ = 0, 0.2 * 2 = 0.4
+    # two layers, first layer first: row 0 of (I + C2)(I + C1)
+    c1 = (A * grad[0, 0]).clamp_min(0)
+    c2 = (B * grad[0, 0].T).clamp_min(0)
+    expected = ((torch.eye(3) + c2) @ (torch.eye(3) + c1))[0, 1:].view(1, 1, 2)
+    got = relevance_rollout([attn, B.view(1, 1, 3, 3)], [grad, grad[0, 0].T.reshape(1, 1, 3, 3)], grid=(1, 2))
+    torch.testing.assert_close(got, expected)
+
+
+def test_register_tokens_are_skipped_and_the_class_row_is_read() -> None:
+    # T = class token + 2 registers + 2 patches
+    a = torch.softmax(torch.randn(1, 1, 5, 5), -1)
+    hm = head_maps(a, num_prefix_tokens=3, grid=(1, 2), cls=True)
+    torch.testing.assert_close(hm[0, 0, 0], a[0, 0, 0, 3:])
+    no_cls = head_maps(a, num_prefix_tokens=2, grid=(1, 3), cls=False)  # 2 registers, no class token
+    torch.testing.assert_close(no_cls[0, 0, 0], a[0, 0, 2:, 2:].mean(0))
+    ref = attention_rollout([a], num_prefix_tokens=3, grid=(1, 2))
+    layer = 0.5 * a[0, 0] + 0.5 * torch.eye(5)
+    torch.testing.assert_close(ref[0, 0], (layer / layer.sum(-1, keepdim=True))[0, 3:])
+
+
+def _tiny_model() -> VisionTransformer:
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=4).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return m
+
+
+def test_relevance_pairs_each_gradient_with_its_own_layer() -> None:
     model = _tiny_model()
     x = torch.randn(3, 3, 32, 32)
-    ex = explain(model, x, "grad-rollout", target=2)
+    ex = explain(model, x, "relevance", target=2)
     # independent reference: keep every returned map's .grad after one backward pass
     logits, attns = model.forward_with_attention(x)
     for a in attns:
         a.retain_grad()
     logits[:, 2].sum().backward()
     grads = [a.grad for a in attns]
-    expected = grad_rollout([a.detach() for a in attns], grads)
+    expected = relevance_rollout([a.detach() for a in attns], grads)
     torch.testing.assert_close(ex.maps, expected)
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
-    mismatched = grad_rollout([a.detach() for a in attns], grads[::-1])
+    mismatched = relevance_rollout([a.detach() for a in attns], grads[::-1])
     assert not torch.allclose(mismatched, expected)  # a pairing mistake would show
     with pytest.raises(ValueError, match="gradients"):
-        grad_rollout(attns, grads[:-1])
+        relevance_rollout(attns, grads[:-1])
+    torch.testing.assert_close(explain(model, x, "grad-rollout", target=2).maps, ex.maps)  # the old name
 
 
-def test_grad_rollout_is_class_specific_and_explain_shapes() -> None:
+def test_class_specific_methods_depend_on_the_class_and_explain_shapes() -> None:
     model = _tiny_model()
     x = torch.randn(2, 3, 32, 32)
-    m0 = explain(model, x, "grad-rollout", target=0).maps
-    m1 = explain(model, x, "grad-rollout", target=1).maps
-    assert m0.shape == (2, 4, 4) and not torch.allclose(m0, m1)
+    for method in ("relevance", "attnlrp", "cp-lrp"):
+        m0 = explain(model, x, method, target=0).maps
+        m1 = explain(model, x, method, target=1).maps
+        assert m0.shape == (2, 4, 4) and not torch.allclose(m0, m1), method
     ex = explain(model, x, "rollout", with_layers=True, with_heads=True, layer=1)
     assert len(ex.layers) == 3 and ex.heads.shape == (2, 2, 4, 4)
     torch.testing.assert_close(ex.layers[-1], ex.maps)
@@ -167,3 +206,90 @@ def test_grad_rollout_is_class_specific_and_explain_shapes() -> None:
     torch.testing.assert_close(ex.probs, torch.softmax(model(x), -1))
     with pytest.raises(ValueError, match="layer 5"):
         explain(model, x, "attention", layer=5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        explain(model, x, "gradcam")
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(reg_tokens=2), dict(class_token=False, global_pool="avg")])
+def test_lrp_forward_equals_the_model_and_cp_lrp_conserves_relevance(kw: dict) -> None:
+    torch.manual_seed(1)
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, **kw).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    x = torch.randn(3, 3, 32, 32)
+    _, logits = relevance_forward(m, x)
+    with torch.no_grad():
+        ref = m(x)
+    torch.testing.assert_close(logits, ref, atol=1e-5 * max(1.0, ref.abs().max().item()), rtol=1e-5)
+    # Without biases, CP-LRP's rules make the network linear in its input tokens (LayerNorm's std, GELU's ratio and
+    # the attention weights held constant): gradient x input then sums exactly to the explained logit.
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    target = torch.tensor([0, 3, 1])
+    import torch.autograd as ag
+
+    tokens, logits = relevance_forward(m, x, cp=True)
+    (grad,) = ag.grad(logits.gather(1, target[:, None]).sum(), tokens)
+    total = (tokens * grad).sum(dim=(1, 2))
+    torch.testing.assert_close(total, logits.gather(1, target[:, None])[:, 0].detach(), atol=1e-4, rtol=1e-4)
+    maps, _ = lrp_maps(m, x, target, cp=True)
+    assert maps.shape == (3, 4, 4)
+
+
+def _one_patch_model(k: int, depth: int = 2) -> VisionTransformer:
+    """A ViT that can only see patch k: every query attends to patch k alone (its position embedding carries a
+    direction e0 no other token ever has, and every key reads e0), so the logits depend on that patch's pixels only."""
+    torch.manual_seed(0)
+    D, heads = 16, 2
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=D, depth=depth, num_heads=heads, num_classes=3).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        m.patch_embed.proj.weight[0].zero_()  # no patch writes e0 ...
+        m.patch_embed.proj.bias[0] = 0.0
+        m.pos_embed[:, :, 0] = 0.0
+        m.pos_embed[0, 1 + k, 0] = 40.0  # ... except patch k's position embedding
+        m.cls_token[..., 0] = 0.0
+        for blk in m.blocks:
+            blk.norm1.bias.zero_()
+            blk.norm1.weight.fill_(1.0)
+            q, kk, _ = blk.attn.qkv.weight.view(3, D, D)
+            qb, kb, _ = blk.attn.qkv.bias.view(3, D)
+            q.zero_()
+            qb.fill_(1.0)  # every query the same
+            kk.zero_()
+            kk[:, 0] = 20.0  # every key reads e0: only patch k has it
+            kb.zero_()
+            for lin in (blk.attn.proj, blk.mlp.fc2):  # nothing ever writes e0 into the stream
+                lin.weight[0].zero_()
+                lin.bias[0] = 0.0
+    return m
+
+
+@pytest.mark.parametrize("k", [0, 6, 15])
+def test_a_model_that_sees_one_patch_gets_every_map_on_that_patch(k: int) -> None:
+    m = _one_patch_model(k)
+    x = torch.randn(4, 3, 32, 32)
+    # the construction holds: changing any other patch leaves the logits as they are, changing patch k does not
+    y = x.clone()
+    r, c = divmod(k, 4)
+    y[:, :, :, :] = torch.randn_like(y)
+    y[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = x[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8]
+    with torch.no_grad():
+        torch.testing.assert_close(m(y), m(x), atol=1e-4, rtol=1e-4)
+        z = x.clone()
+        z[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] += 1.0
+        assert (m(z) - m(x)).abs().max() > 1e-2
+    for method in METHODS:
+        for target in (None, 1):
+            maps = explain(m, x, method, target=target, layer=0).maps.flatten(1)
+            on = maps[:, k].clone()
+            maps[:, k] = 0
+            assert maps.abs().max() <= 1e-6, (method, target)  # nothing anywhere but the patch it sees
+            if method == "relevance":  # Chefer's rule clips a negative gradient: then it shows nothing at all
+                assert (on >= 0).all()
+            else:
+                assert (on > 0).all(), (method, target, on)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -245,6 +246,61 @@ class ModelLine(Callback):
             f"vit-app: model: ViT {cfg.depth} blocks x {cfg.embed_dim} wide, {cfg.num_heads} heads, patch "
             f"{cfg.patch_size} on {size} px, {cfg.num_classes} classes: {n / 1e6:.2f} M parameters"
         )
+
+
+class StepTimer(Callback):
+    """Per training epoch: the median optimiser-step time, and a fixed reference (a 512 x 512 fp32 matmul, timed
+    right after the epoch) that tracks the machine's own speed. A run that slows while the reference does not is
+    slowing for a reason of its own (state that grows, denormals, the allocator). Logged as perf/step_ms,
+    perf/reference_ms, perf/step_over_reference and perf/rss_mib, and kept in `epochs`.
+
+    Args:
+        reference_rounds: how many timed reference matmuls (the median is kept).
+    """
+
+    def __init__(self, reference_rounds: int = 20) -> None:
+        self.reference_rounds = reference_rounds
+        self.epochs: list[dict[str, float]] = []
+        self._steps: list[float] = []
+        self._t: float | None = None
+        self._ref = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._t is not None:
+            self._steps.append(time.perf_counter() - self._t)
+
+    def reference_ms(self) -> float:
+        times = []
+        for _ in range(self.reference_rounds):
+            t = time.perf_counter()
+            (self._ref @ self._ref).sum().item()
+            times.append(time.perf_counter() - t)
+        return 1000 * sorted(times)[len(times) // 2]
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._steps:
+            return
+        steps = sorted(self._steps[1:] or self._steps)  # the first step of an epoch also waits for the loader
+        self._steps = []
+        row = {"epoch": float(trainer.current_epoch), "step_ms": 1000 * steps[len(steps) // 2],
+               "reference_ms": self.reference_ms(), "rss_mib": _rss_mib()}  # fmt: skip
+        row["step_over_reference"] = row["step_ms"] / row["reference_ms"]
+        self.epochs.append(row)
+        pl_module.log_dict({f"perf/{k}": v for k, v in row.items() if k != "epoch"}, on_epoch=True)
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 class BadImageReport(Callback):

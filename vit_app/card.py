@@ -36,6 +36,7 @@ class Provenance:
     seed: int | None = None
     epochs: int | None = None  # epochs completed when the checkpoint was written
     steps: int | None = None  # optimiser steps
+    train_minutes: float | None = None  # wall time since training (this process) started
     precision: str | None = None  # Lightning's precision string, e.g. "bf16-mixed"
     metrics: dict[str, float] = field(default_factory=dict)  # the last validation metrics, e.g. {"val/acc1": 0.95}
     vit_app_version: str | None = None

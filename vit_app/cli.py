@@ -18,6 +18,12 @@ from vit_app import __version__
 from vit_app.errors import ConfigError, UserError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+METHODS = ("mean-attention", "rollout", "attention", "relevance", "attnlrp", "cp-lrp")  # explain.engine's (no torch)
+METHOD_HELP = ("mean-attention (the default, measured best: see the README): the class token's attention averaged over "
+               "every block but the first; rollout: attention rollout; attention: one "
+               "layer's raw attention (--layer); relevance: class-specific, gradient-weighted attention (Chefer et al. "
+               "2021; grad-rollout is its old name); attnlrp: class-specific attention-aware LRP; cp-lrp: LRP with "
+               "the attention held constant")  # fmt: skip
 
 TOP_HELP = f"""vit-app {__version__}: train Vision Transformers, classify images, and see why they decided.
 
@@ -163,27 +169,26 @@ def cmd_attention(argv: list[str]) -> int:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     _add_model_args(p, batch=16)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--method",
-        choices=["rollout", "grad-rollout", "attention"],
-        default="rollout",
-        help="rollout: attention rollout; grad-rollout: class-specific, gradient-weighted rollout; "
-        "attention: one layer's raw maps",
-    )
+    p.add_argument("--method", choices=[*METHODS, "grad-rollout"], default=None, help=METHOD_HELP)
     p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean", help="how heads are combined")
     p.add_argument("--discard-ratio", type=_share, default=0.0, help="drop this share of the lowest attentions")
     p.add_argument("--layer", type=int, default=-1, help="layer for --method attention and --heads-grid (-1: last)")
-    p.add_argument("--class", dest="target", help="class (name or index) for grad-rollout; default: the predicted")
+    p.add_argument("--class", dest="target", help="class (name or index) for the class-specific methods (relevance, "
+                   "attnlrp, cp-lrp); default: the predicted one")  # fmt: skip
     p.add_argument("--layers-grid", action="store_true", help="also write a PNG of the rollout after each layer")
     p.add_argument("--heads-grid", action="store_true", help="also write a PNG of each head's map in --layer")
     p.add_argument("--html", action="store_true", help="also write report.html: inputs, overlays, top-k, side by side")
+    p.add_argument("--upsample", choices=["auto", "nearest", "bicubic"], default="auto", help="how the patch grid is "
+                   "drawn: nearest shows each patch as the block it is (auto: nearest up to 8 x 8)")  # fmt: skip
     args = p.parse_args(argv)
+    from vit_app.explain.engine import DEFAULT_METHOD
     from vit_app.explain.render import run_attention
 
     im = _load(args)
     counts = run_attention(
-        im, args.paths, args.out, args.method, args.head_fusion, args.discard_ratio, args.layer, args.target,
-        args.layers_grid, args.heads_grid, args.batch_size, html=args.html,
+        im, args.paths, args.out, args.method or DEFAULT_METHOD, args.head_fusion, args.discard_ratio, args.layer,
+        args.target,
+        args.layers_grid, args.heads_grid, args.batch_size, html=args.html, upsample=args.upsample,
     )  # fmt: skip
     return _summary("attention", counts, f"explained into {args.out}")
 
@@ -194,29 +199,39 @@ def cmd_explain_eval(argv: list[str]) -> int:
         "Score attention maps against a random baseline: pointing game and map mass inside the object mask on the "
         "synthetic dataset, deletion and insertion curves on any images. Prints a table, writes a PNG and JSON.",
     )
-    _add_model_args(p)
+    p.add_argument("--ckpt", required=True, nargs="+", help="one or more checkpoints (or exported .safetensors): "
+                   "each is scored, and the table pools them (e.g. the same recipe trained with 3 seeds)")  # fmt: skip
+    p.add_argument("--batch-size", type=_at_least(1), default=32, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument(
         "--data",
         nargs="+",
-        default=["synthetic"],
         help="synthetic (with masks), cifar10:ROOT / cifar100:ROOT (test split), folder:DIR (or DIR), or image "
-        "files and globs",
+        "files and globs (default: the data the first model's card says it was trained on)",
     )
     p.add_argument("--num-images", type=_at_least(1), default=256, help="how many images to score")
-    p.add_argument("--methods", nargs="+", choices=["rollout", "grad-rollout", "attention"],
-                   default=["rollout", "grad-rollout", "attention"], help="methods to score")  # fmt: skip
+    p.add_argument("--methods", nargs="+", choices=[*METHODS, "grad-rollout"], default=list(METHODS),
+                   help="methods to score (each against a random map)")  # fmt: skip
     p.add_argument("--steps", type=_at_least(2), default=16, help="points on each deletion/insertion curve")
     p.add_argument("--discard-ratio", type=_share, default=0.0, help="rollout discard ratio")
     p.add_argument("--layer", type=int, default=-1, help="the layer whose raw maps --methods attention scores")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random maps and of the bootstrap intervals")
+    p.add_argument("--no-pairs", action="store_true", help="synthetic data: skip the two-object (class-specific) split")
     p.add_argument("--out", default="explain_eval", help="folder for explain_eval.png and explain_eval.json")
     args = p.parse_args(argv)
+    from vit_app.explain.engine import resolve_method
     from vit_app.explain.evaluate import run_explain_eval
     from vit_app.explain.render import check_layer
 
-    im = _load(args)
-    check_layer(args.layer, len(im.model.blocks))
-    table = run_explain_eval(im, args.data, args.num_images, args.methods, args.steps, args.discard_ratio, args.out,
-                             args.batch_size, args.layer)  # fmt: skip
+    models = [_load(argparse.Namespace(ckpt=c, device=args.device)) for c in args.ckpt]
+    for im in models:
+        check_layer(args.layer, len(im.model.blocks))
+    methods = list(dict.fromkeys(resolve_method(m) for m in args.methods))
+    from vit_app.evaldata import data_of
+
+    data = args.data or [data_of(models[0].card)]
+    table = run_explain_eval(models, data, args.num_images, methods, args.steps, args.discard_ratio, args.out,
+                             args.batch_size, args.layer, pairs=not args.no_pairs, seed=args.seed)  # fmt: skip
     print(table)
     print(f"vit-app explain-eval: wrote {args.out}/explain_eval.png and {args.out}/explain_eval.json", file=sys.stderr)
     return 0

@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vit_app.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from vit_app.card import ModelCard
 
 Kind = Literal["synthetic", "cifar10", "cifar100", "folder", "images"]
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -84,6 +87,20 @@ def parse_data(spec: str | list[str]) -> EvalData:
     return EvalData("images", paths=tuple(parts), spec=" ".join(parts))
 
 
+def data_of(card: ModelCard) -> str:
+    """The --data a model's own card points to: the data it was trained on (its test or validation split)."""
+    prov = card.provenance
+    root = prov.data_root
+    if prov.dataset == "synthetic":
+        return "synthetic"
+    if prov.dataset in CIFAR_FOLDERS and root and (Path(root) / CIFAR_FOLDERS[prov.dataset]).is_dir():
+        return f"{prov.dataset}:{root}"
+    if prov.dataset == "imagefolder" and root and (Path(root) / "val").is_dir():
+        return f"folder:{Path(root) / 'val'}"
+    where = f" ({prov.dataset} at {root})" if prov.dataset else ""
+    raise ConfigError(f"--data: give the images to score; the model's card names no data found here{where}")
+
+
 def _some(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
@@ -99,14 +116,15 @@ def _check_classes(data: EvalData, data_classes: list[str] | int, model_classes:
 
 
 def open_data(
-    data: EvalData, class_names: list[str], img_size: int, limit: int, labels: bool
+    data: EvalData, class_names: list[str], img_size: int, limit: int, labels: bool, synthetic_seed: int = 2000
 ) -> tuple[int, Iterator[Sample]]:
-    """(how many samples, the samples) of `data`, at most `limit`; with `labels`, only data that has them."""
+    """(how many samples, the samples) of `data`, at most `limit`; with `labels`, only data that has them. Synthetic
+    data comes from the stream `synthetic_seed` (2000: the DataModule's validation stream at data seed 0)."""
     if data.kind == "synthetic":
         from vit_app.data.synthetic import SHAPES, SyntheticShapes
 
         _check_classes(data, list(SHAPES), class_names)
-        ds = SyntheticShapes(limit, seed=2000, img_size=img_size)  # the DataModule's validation stream (seed 0)
+        ds = SyntheticShapes(limit, seed=synthetic_seed, img_size=img_size)
 
         def synthetic() -> Iterator[Sample]:
             for i in range(limit):

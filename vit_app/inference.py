@@ -84,13 +84,15 @@ class InferenceModel:
             out += topk_records(self.probs(x), self.class_names, topk)
         return out
 
-    def explain(self, images: Sequence[ImageLike], method: str = "rollout", **options: Any) -> torch.Tensor:
-        """Maps (N, grid_h, grid_w) for the images, as `vit-app attention` writes them to .npy. `options` go to
-        vit_app.explain.engine.explain (head_fusion, discard_ratio, layer, target)."""
-        from vit_app.explain.engine import explain
+    def explain(self, images: Sequence[ImageLike], method: str | None = None, **options: Any) -> torch.Tensor:
+        """Maps (N, grid_h, grid_w) for the images, as `vit-app attention` writes them to .npy (method: the same
+        default, mean-attention). `options` go to vit_app.explain.engine.explain (head_fusion, discard_ratio, layer,
+        target)."""
+        from vit_app.explain.engine import DEFAULT_METHOD, explain
 
         x = self.load(images).to(self.device)
-        return explain(self.model, x, method, temperature=self.temperature, **options).maps.cpu()  # type: ignore[arg-type]
+        maps = explain(self.model, x, method or DEFAULT_METHOD, temperature=self.temperature, **options).maps
+        return maps.cpu()
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -8,6 +8,7 @@ Parameter names and shapes equal timm's for the same constructor arguments, so a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -17,8 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GlobalPool = Literal["token", "avg"]
-# Settings that only regularise training: they change no weight and no evaluation output.
-TRAINING_ONLY = frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate"})
+PosEmbedInit = Literal["learn", "sincos"]
+AttnInit = Literal["trunc_normal", "mimetic"]
+# Settings of training and initialisation: they change no weight's shape and no output of given weights.
+TRAINING_ONLY = frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate", "pos_embed_init",
+                           "attn_init"})  # fmt: skip
+NOT_TIMM = frozenset({"pos_embed_init", "attn_init"})  # ours alone: timm builds the same weights without them
 
 
 @dataclass(frozen=True)
@@ -36,18 +41,25 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     class_token: bool = True
+    reg_tokens: int = 0  # register tokens (Darcet et al. 2024): extra learned tokens, read by nothing, that give the
+    # network somewhere other than background patches to keep global state
+    no_embed_class: bool = False  # position embeddings for the patches only (timm's register models use this)
     global_pool: GlobalPool = "token"
     fc_norm: bool | None = None  # None: timm's rule (norm after pooling for "avg")
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     patch_drop_rate: float = 0.0
+    pos_embed_init: PosEmbedInit = "learn"  # "sincos": fixed 2-D sin-cos embeddings (Beyer et al. 2022), not trained
+    attn_init: AttnInit = "trunc_normal"  # "mimetic": W_q W_k^T ~ aZ + bI, W_v W_o ~ aZ - bI (Trockman & Kolter 2023)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        if isinstance(self.reg_tokens, bool) or not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+            raise ValueError(f"reg_tokens must be a whole number >= 0, got {self.reg_tokens!r}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be a whole number >= 0, got {self.num_classes!r}")
         size = _pair(self.img_size)
@@ -61,7 +73,13 @@ class ViTConfig:
             raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
-        for name in sorted(TRAINING_ONLY):
+        if self.pos_embed_init not in ("learn", "sincos"):
+            raise ValueError(f"pos_embed_init must be 'learn' or 'sincos', got {self.pos_embed_init!r}")
+        if self.pos_embed_init == "sincos" and self.embed_dim % 4:
+            raise ValueError(f"pos_embed_init='sincos' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.attn_init not in ("trunc_normal", "mimetic"):
+            raise ValueError(f"attn_init must be 'trunc_normal' or 'mimetic', got {self.attn_init!r}")
+        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -87,6 +105,10 @@ class ViTConfig:
         if isinstance(d.get("img_size"), list):
             d["img_size"] = tuple(d["img_size"])
         return cls(**d)
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """The arguments of timm's VisionTransformer that build the same weights."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_TIMM}
 
     def architecture(self) -> dict[str, Any]:
         """The fields that decide the weights and the outputs (not the training-only regularisers)."""
@@ -120,6 +142,40 @@ def resample_pos_embed(
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos_embed.dtype)  # (1, H*W, D)
     return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> Tensor:
+    """Fixed 2-D sin-cos position embeddings (big_vision's posemb_sincos_2d) for a grid: (1, H*W, dim)."""
+    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4) / max(1, dim // 4 - 1))  # (dim / 4,)
+    y = y.flatten()[:, None] * omega[None, :]  # (H*W, dim / 4)
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
+@torch.no_grad()
+def mimetic_init(attn: Attention, g: torch.Generator, a: tuple[float, float] = (0.7, 0.4),
+                 b: tuple[float, float] = (0.7, 0.4)) -> None:  # fmt: skip
+    """Mimetic initialisation (Trockman & Kolter 2023; their values for small ViTs): each head's W_q W_k^T close to
+    a0 Z + b0 I, so attention starts out favouring a token's own position, and W_v W_o close to a1 Z - b1 I; the
+    products are factored by SVD. Z is Gaussian with variance 1 / dim."""
+    D, H, hd = attn.qkv.in_features, attn.num_heads, attn.head_dim
+    eye = torch.eye(D)
+
+    def factors(alpha: float, beta: float) -> tuple[Tensor, Tensor]:
+        m = alpha * torch.randn(D, D, generator=g) / D**0.5 + beta * eye
+        u, s, vh = torch.linalg.svd(m)
+        return u * s.sqrt(), (s.sqrt()[:, None] * vh)  # m = left @ right
+
+    w = attn.qkv.weight.view(3, D, D)  # (q | k | v rows, out, in): q = x @ w[0].T
+    for h in range(H):
+        left, right = factors(a[0], b[0])
+        rows = slice(h * hd, (h + 1) * hd)
+        w[0, rows] = left[:, :hd].T  # q_h = x @ left[:, :hd]
+        w[1, rows] = right[:hd, :]  # k_h = x @ right[:hd].T: q_h k_h^T ~ x (a Z + b I) x^T
+    left, right = factors(a[1], -b[1])
+    w[2] = left.T  # v = x @ left
+    attn.proj.weight.copy_(right.T)  # out = v @ right: W_v W_o = a Z - b I
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -160,13 +216,23 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
 
-def _cpu_bf16_autocast(x: Tensor) -> bool:
-    """Under CPU bf16 autocast the explicit path measures ~2x faster than SDPA's CPU kernels (training step)."""
-    return (
-        x.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
+@functools.cache
+def _cpu_has_amx() -> bool:
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def explicit_attention_faster(x: Tensor, training: bool) -> bool:
+    """Whether the explicit softmax path beats SDPA here, by measurement (scripts/benchmark.py, "attention path").
+    Only under CPU bf16 autocast does it: in training on AVX512-BF16 and AMX CPUs alike (about 2x), in inference on
+    AVX512-BF16 CPUs (AMD Zen 4: ours 1.09-1.46x timm's SDPA) but not with AMX (Intel Xeon: 0.91-0.96x)."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    return training or not _cpu_has_amx()
 
 
 class Attention(nn.Module):
@@ -192,7 +258,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
         attn: Tensor | None = None
-        if self.fused_attn and not need_attn and not _cpu_bf16_autocast(x):
+        if self.fused_attn and not need_attn and not explicit_attention_faster(x, self.training):
             p = self.attn_drop.p if self.training else 0.0
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, hd)
         else:
@@ -260,12 +326,17 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = self.num_features = embed_dim
-        self.num_prefix_tokens = 1 if class_token else 0
+        self.has_class_token = class_token
+        self.num_reg_tokens = cfg.reg_tokens
+        self.num_prefix_tokens = (1 if class_token else 0) + cfg.reg_tokens  # [cls] [reg x R] then the patches
+        self.no_embed_class = cfg.no_embed_class
         self.patch_drop_rate = cfg.patch_drop_rate  # a plain attribute (no weights): a trainer may schedule it
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, embed_dim)) if cfg.reg_tokens else None
+        embedded = 0 if cfg.no_embed_class else self.num_prefix_tokens  # prefix tokens with a position embedding
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + embedded, embed_dim))
         rates = [cfg.drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=r) for r in rates
@@ -284,8 +355,9 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """timm-style init: trunc-normal(0.02) linear weights and position embedding, zero biases, zero head."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -297,9 +369,18 @@ class VisionTransformer(nn.Module):
         nn.init.zeros_(self.patch_embed.proj.bias)
         if isinstance(self.head, nn.Linear):
             nn.init.zeros_(self.head.weight)
+        if self.config.pos_embed_init == "sincos":
+            P = 0 if self.no_embed_class else self.num_prefix_tokens
+            self.pos_embed[:, P:] = sincos_2d(self.grid_size, self.embed_dim)
+            self.pos_embed[:, :P] = 0.0
+            self.pos_embed.requires_grad_(False)  # fixed: a buffer in all but name, so timm state dicts still fit
+        if self.config.attn_init == "mimetic":
+            g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,)).item()))
+            for blk in self.blocks:
+                mimetic_init(blk.attn, g)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "reg_token"}
 
     def set_fused_attn(self, enable: bool) -> None:
         """Switch every block between SDPA and the explicit softmax path (tests compare the two)."""
@@ -308,10 +389,12 @@ class VisionTransformer(nn.Module):
 
     def _pos_embed(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         B = x.shape[0]
-        pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)  # no-op at train size
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, D)
-        return x + pos
+        embedded = 0 if self.no_embed_class else self.num_prefix_tokens
+        pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, embedded)  # a no-op at the training size
+        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:
+            return torch.cat([*prefix, x + pos], dim=1)  # (B, P + N, D)
+        return torch.cat([*prefix, x], dim=1) + pos  # (B, P + N, D)
 
     def _tokens(self, x: Tensor) -> Tensor:
         x, grid = self.patch_embed(x)  # (B, N, D)
@@ -371,7 +454,8 @@ class VisionTransformer(nn.Module):
             src = state_dict[key]
             if src.ndim != 3 or src.shape[-1] != self.pos_embed.shape[-1]:
                 raise ValueError(f"{key}: shape {tuple(src.shape)} does not fit embed_dim {self.embed_dim}")
-            state_dict[key] = resample_pos_embed(src, self.grid_size, None, self.num_prefix_tokens)
+            embedded = 0 if self.no_embed_class else self.num_prefix_tokens
+            state_dict[key] = resample_pos_embed(src, self.grid_size, None, embedded)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -23,8 +23,8 @@ from vit_app.rng import rng_states, set_rng_states
 from vit_app.schedule import TrainingClock, warmup_cosine
 
 # ViTClassifier arguments that are ViTConfig fields (timm's names): the CLI sets them from a checkpoint's card.
-ARCH_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "class_token", "global_pool",
-             "fc_norm")  # fmt: skip
+ARCH_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "class_token", "reg_tokens",
+             "no_embed_class", "global_pool", "fc_norm")  # fmt: skip
 
 
 class ViTClassifier(L.LightningModule):
@@ -46,6 +46,9 @@ class ViTClassifier(L.LightningModule):
         mlp_ratio: override the preset's MLP hidden width ratio.
         qkv_bias: override the preset's qkv bias.
         class_token: override the preset's class token.
+        reg_tokens: register tokens (Darcet et al. 2024, timm's name): extra learned tokens that give the network a
+            place for global state other than background patches; attention maps then stay on the object.
+        no_embed_class: position embeddings for the patch tokens only (timm's register models use this).
         global_pool: "token" (class token) or "avg" (mean of patch tokens).
         fc_norm: norm after pooling instead of before (default: timm's rule, true for "avg").
         drop_rate: dropout before the head.
@@ -53,6 +56,10 @@ class ViTClassifier(L.LightningModule):
         drop_path_rate: stochastic depth rate of the last block (linear in depth).
         patch_drop_rate: PatchDropout: share of patch tokens dropped at random from each training image (0.5 halves
             the tokens, so a step costs about half); evaluation and inference see them all. 0 = off.
+        pos_embed_init: "learn" (timm's learned position embeddings) or "sincos" (fixed 2-D sin-cos embeddings, Beyer
+            et al. 2022); the weights stay timm's either way.
+        attn_init: "trunc_normal" (timm's) or "mimetic" (Trockman & Kolter 2023: attention starts out near the
+            identity, which helps small ViTs on small data).
         patch_drop_end: share of training (of the time budget, or of the steps) after which PatchDropout stops, so
             the last part trains on every token, as evaluation sees them. 1.0 = dropout to the end.
         optimizer: "adamw", or "muon": Muon (orthogonalised momentum) for the blocks' weight matrices and AdamW for
@@ -96,12 +103,16 @@ class ViTClassifier(L.LightningModule):
         mlp_ratio: float | None = None,
         qkv_bias: bool | None = None,
         class_token: bool | None = None,
+        reg_tokens: int | None = None,
+        no_embed_class: bool | None = None,
         global_pool: Literal["token", "avg"] | None = None,
         fc_norm: bool | None = None,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         patch_drop_rate: float = 0.0,
+        pos_embed_init: Literal["learn", "sincos"] = "learn",
+        attn_init: Literal["trunc_normal", "mimetic"] = "trunc_normal",
         patch_drop_end: float = 1.0,
         optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
@@ -147,8 +158,9 @@ class ViTClassifier(L.LightningModule):
             self.model_config: ViTConfig = preset_config(
                 arch, img_size=img_size, num_classes=num_classes, patch_size=patch_size, embed_dim=embed_dim,
                 depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, class_token=class_token,
-                global_pool=global_pool, fc_norm=fc_norm, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                drop_path_rate=drop_path_rate, patch_drop_rate=patch_drop_rate,
+                reg_tokens=reg_tokens, no_embed_class=no_embed_class, global_pool=global_pool, fc_norm=fc_norm,
+                drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                patch_drop_rate=patch_drop_rate, pos_embed_init=pos_embed_init, attn_init=attn_init,
             )  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"model.{e}") from None
@@ -319,6 +331,7 @@ class ViTClassifier(L.LightningModule):
             seed=int(seed) if seed.lstrip("-").isdigit() else None,
             epochs=round(self.global_step / per_epoch, 2) if per_epoch else None,
             steps=int(self.global_step),
+            train_minutes=round(m, 3) if (m := self.clock.minutes()) is not None else None,
             precision=str(t.precision) if t is not None else None,
             metrics={k: round(float(v), 6) for k, v in metrics.items() if k.startswith("val/")},
         )

@@ -30,6 +30,10 @@ class TrainingClock:
     def start(self) -> None:
         self._start = time.monotonic()
 
+    def minutes(self) -> float | None:
+        """Wall minutes since training started (None before)."""
+        return None if self._start is None else (time.monotonic() - self._start) / 60.0
+
     def time_progress(self) -> float:
         """Share of the time budget spent (0 before training starts or without a budget)."""
         if self._start is None or self.budget_min is None:

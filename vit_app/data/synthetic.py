@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
 SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
 SYNTHETIC_STD = (0.25, 0.25, 0.25)
-RADIUS = (0.3, 0.45)  # object circumradius as a fraction of the image side
+RADIUS = (0.24, 0.45)  # object circumradius as a fraction of the image side
 ROTATION = 20.0  # degrees either way
 # Background clutter: grating amplitude, pixel noise, and the count ranges of distractor strokes and dots.
 CLUTTER = {"texture": 0.05, "noise": 0.03, "lines": (1, 4), "dots": (1, 4)}
@@ -116,6 +116,31 @@ def render_sample(seed: int, index: int, size: int = 32) -> tuple[np.ndarray, in
     img = bg * (1 - cover[..., None]) + np.clip(colour * shading, 0, 1) * cover[..., None]
     img_u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return img_u8, label, cover > 0.5
+
+
+PAIR_RADIUS = (0.21, 0.245)  # two objects side by side: each as large as its half of the image allows
+
+
+def render_pair(seed: int, index: int, size: int = 32) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """Sample `index` of the two-object stream `seed`: two objects of different classes, side by side (left/right
+    or top/bottom, at random) on the same kind of background. Returns (image uint8 (H, W, 3), (label_a, label_b),
+    masks bool (2, H, W)); the masks do not overlap. For judging class-specific maps: asked for label_a, a map
+    should point into masks[0]."""
+    rng = np.random.default_rng([seed, index, 2])  # a stream of its own: never a training or validation image
+    labels = tuple(int(c) for c in rng.choice(len(SHAPES), size=2, replace=False))
+    img = _background(rng, size)
+    masks = np.zeros((2, size, size), dtype=bool)
+    horizontal = bool(rng.integers(2))
+    for k, label in enumerate(labels):
+        r = rng.uniform(*PAIR_RADIUS) * size
+        along = rng.uniform(r * 1.02, size / 2 - r * 1.02) + k * size / 2  # in its own half
+        across = rng.uniform(r * 1.02, size - r * 1.02)
+        cx, cy = (along, across) if horizontal else (across, along)
+        cover = _draw_shape(SHAPES[label], size, cx, cy, r, math.radians(rng.uniform(-ROTATION, ROTATION)))
+        colour = _hsv_colour(rng, *OBJECT_SV)
+        img = img * (1 - cover[..., None]) + colour * cover[..., None]
+        masks[k] = cover > 0.5
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), labels, masks  # type: ignore[return-value]
 
 
 def _render_chunk(seed: int, start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:

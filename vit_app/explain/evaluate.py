@@ -1,5 +1,6 @@
-"""How right is a map? Pointing game and mask mass (where the object is known), deletion and insertion curves
-(anywhere), each against a random baseline."""
+"""How right is a map? Pointing game and mask mass (where the object is known), class-specific pointing on images
+with two objects, deletion and insertion curves (anywhere); each against a random map drawn per image, each with a
+95 % bootstrap interval, every seed fixed and stated."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,27 +80,61 @@ def auc(curve: Tensor) -> Tensor:
     return torch.trapezoid(curve, dx=1.0 / (curve.shape[1] - 1), dim=1)
 
 
+def pair_pointing(maps: Tensor, target_cov: Tensor, other_cov: Tensor) -> Tensor:
+    """Per image (B,): does the map's maximum fall on the asked-for object: its cell holds some of that object, and
+    more of it than of the other object. The objects of a pair are too small to fill half a cell reliably."""
+    idx = maps.float().flatten(1).argmax(dim=1, keepdim=True)
+    t, o = target_cov.flatten(1).gather(1, idx)[:, 0], other_cov.flatten(1).gather(1, idx)[:, 0]
+    return ((t > 0) & (t > o)).float()
+
+
+def bootstrap(values: np.ndarray, seed: int = 0, resamples: int = 1000) -> tuple[float, float, float]:
+    """(mean, low, high): the 95 % percentile bootstrap interval of the mean of per-image values."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(resamples, v.size))
+    means = v[idx].mean(axis=1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 @dataclass
 class MethodScores:
+    """Per-image scores of one method (over one or more models)."""
+
     pointing: list[float] = field(default_factory=list)
     mass: list[float] = field(default_factory=list)
-    deletion: list[Tensor] = field(default_factory=list)  # curves (B, S)
-    insertion: list[Tensor] = field(default_factory=list)
+    deletion: list[float] = field(default_factory=list)  # AUC per image
+    insertion: list[float] = field(default_factory=list)
+    pairs: list[float] = field(default_factory=list)  # per (image, asked class): pointing at the asked object
+    pairs_seen: list[float] = field(default_factory=list)  # the same, on the pairs whose two classes are its top 2
+    curves: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (deletion, insertion) (B, S) per batch
 
-    def summary(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.pointing:
-            out["pointing"] = float(np.mean(self.pointing))
-            out["mass_in_mask"] = float(np.mean(self.mass))
-        if self.deletion:
-            out["deletion_auc"] = float(auc(torch.cat(self.deletion)).mean())
-            out["insertion_auc"] = float(auc(torch.cat(self.insertion)).mean())
-        return out
+    def extend(self, other: MethodScores) -> None:
+        for key in ("pointing", "mass", "deletion", "insertion", "pairs", "pairs_seen", "curves"):
+            getattr(self, key).extend(getattr(other, key))
+
+    def summary(self, seed: int = 0) -> dict[str, list[float]]:
+        """Each score as [mean, low, high] (95 % bootstrap interval)."""
+        keys = {"pointing": self.pointing, "mass_in_mask": self.mass, "deletion_auc": self.deletion,
+                "insertion_auc": self.insertion, "pair_pointing": self.pairs,
+                "pair_pointing_seen": self.pairs_seen}  # fmt: skip
+        return {k: list(bootstrap(np.array(v), seed)) for k, v in keys.items() if v}
 
     def mean_curves(self) -> tuple[np.ndarray, np.ndarray] | None:
-        if not self.deletion:
+        if not self.curves:
             return None
-        return torch.cat(self.deletion).mean(0).numpy(), torch.cat(self.insertion).mean(0).numpy()
+        d = torch.cat([c[0] for c in self.curves]).mean(0).numpy()
+        return d, torch.cat([c[1] for c in self.curves]).mean(0).numpy()
+
+
+def _maps(model: VisionTransformer, x: Tensor, name: str, g: torch.Generator, **kw) -> tuple[Tensor, Tensor]:
+    """(maps, probs) of a method, or of a random map drawn per image from `g`."""
+    if name == "random":
+        ex = explain(model, x, "rollout", **{k: v for k, v in kw.items() if k == "temperature"})
+        return torch.rand(ex.maps.shape, generator=g).to(x.device), ex.probs
+    ex = explain(model, x, name, **kw)
+    return ex.maps, ex.probs
 
 
 def evaluate_maps(
@@ -111,42 +147,85 @@ def evaluate_maps(
     layer: int = -1,
     temperature: float = 1.0,
 ) -> dict[str, MethodScores]:
-    """Score every method (and a 'random' map) over batches of (normalised images, labels or None, object masks or
-    None); the curves use the calibrated probabilities softmax(logits / temperature)."""
+    """Score every method (and a random map drawn per image, seeded) over batches of (normalised images, labels or
+    None, object masks or None); every method explains the predicted class, and the curves use the calibrated
+    probabilities softmax(logits / temperature)."""
     scores = {m: MethodScores() for m in [*methods, "random"]}
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     for x, _, masks in batches:
         x = x.to(dev)
-        base = explain(model, x, "rollout", discard_ratio=discard_ratio, temperature=temperature)
-        target = base.probs.argmax(dim=1)  # every method explains the predicted class
-        grid = tuple(base.maps.shape[-2:])
+        with torch.no_grad():
+            target = model(x).argmax(dim=1)
         for name in scores:
-            if name == "random":
-                maps = torch.rand(x.shape[0], *grid, generator=g).to(dev)
-            elif name == "rollout":
-                maps = base.maps
-            else:
-                maps = explain(model, x, name, discard_ratio=discard_ratio, layer=layer).maps  # type: ignore[arg-type]
+            maps, _ = _maps(model, x, name, g, discard_ratio=discard_ratio, layer=layer, target=target,
+                            temperature=temperature)  # fmt: skip
             s = scores[name]
             if masks is not None:
-                hit, mass = pointing_and_mass(maps.cpu(), cell_coverage(masks, grid))  # type: ignore[arg-type]
+                hit, mass = pointing_and_mass(maps.cpu(), cell_coverage(masks, tuple(maps.shape[-2:])))
                 s.pointing += hit.tolist()
                 s.mass += mass.tolist()
             d, i = perturbation_curves(model, x, maps, target, steps, temperature=temperature)
-            s.deletion.append(d.cpu())
-            s.insertion.append(i.cpu())
+            s.deletion += auc(d).cpu().tolist()
+            s.insertion += auc(i).cpu().tolist()
+            s.curves.append((d.cpu(), i.cpu()))
     return scores
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    cols = ["pointing", "mass_in_mask", "deletion_auc", "insertion_auc"]
-    cols = [c for c in cols if any(c in r for r in results.values())]
-    head = f"{'method':<14}" + "".join(f"{c:>15}" for c in cols)
+def evaluate_pairs(
+    im: InferenceModel, methods: list[str], n: int, batch_size: int, layer: int = -1, seed: int = 0
+) -> dict[str, MethodScores]:
+    """Class-specific pointing on the two-object split (synthetic models): each image is explained twice, once for
+    each of its two classes; a hit is a map whose maximum falls on the asked-for object. `pairs_seen` keeps the
+    images whose two classes are the model's top 2: there the model sees both, so the method alone is judged."""
+    from PIL import Image
+
+    from vit_app.data.synthetic import render_pair
+
+    scores = {m: MethodScores() for m in [*methods, "random"]}
+    g = torch.Generator().manual_seed(seed)
+    size = im.card.input.img_size
+    for start in range(0, n, batch_size):
+        items = [render_pair(EVAL_STREAM, i, size) for i in range(start, min(n, start + batch_size))]
+        x = torch.stack([im.transform(Image.fromarray(img)) for img, _, _ in items]).to(im.device)
+        labels = torch.tensor([lab for _, lab, _ in items], device=im.device)  # (B, 2)
+        masks = torch.stack([torch.from_numpy(m) for _, _, m in items])  # (B, 2, H, W)
+        with torch.no_grad():
+            top2 = im.model(x).topk(2, dim=1).indices
+        seen = ((top2 == labels[:, :1]).any(1) & (top2 == labels[:, 1:]).any(1)).cpu()
+        for k in (0, 1):
+            for name in scores:
+                maps, _ = _maps(im.model, x, name, g, layer=layer, target=labels[:, k])
+                grid = tuple(maps.shape[-2:])
+                hits = pair_pointing(maps.cpu(), cell_coverage(masks[:, k], grid), cell_coverage(masks[:, 1 - k], grid))
+                scores[name].pairs += hits.tolist()
+                scores[name].pairs_seen += hits[seen].tolist()
+    return scores
+
+
+def _cell(v: list[float] | None, digits: int = 3) -> str:
+    if not v:
+        return "-"
+    m, lo, hi = v
+    return f"{m:.{digits}f} [{lo:.{digits - 1}f}, {hi:.{digits - 1}f}]"
+
+
+def format_table(results: dict[str, dict[str, list[float]]]) -> str:
+    """The results as a table; [low, high] is each score's 95 % bootstrap interval."""
+    cols = [("pointing", "pointing"), ("mass_in_mask", "mass in mask"), ("deletion_auc", "deletion AUC"),
+            ("insertion_auc", "insertion AUC"), ("pair_pointing", "pairs: asked class"),
+            ("pair_pointing_seen", "pairs it sees")]  # fmt: skip
+    cols = [c for c in cols if any(c[0] in r for r in results.values())]
+    rnd = results.get("random", {}).get("deletion_auc")
+    head = f"{'method':<12}" + "".join(f"{title:>22}" for _, title in cols) + (f"{'del / random':>14}" if rnd else "")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
-        lines.append(f"{name:<14}" + "".join(f"{r[c]:>15.3f}" if c in r else f"{'-':>15}" for c in cols))
-    lines.append("pointing, mass_in_mask, insertion_auc: higher is better; deletion_auc: lower is better")
+        row = f"{name:<12}" + "".join(f"{_cell(r.get(k)):>22}" for k, _ in cols)
+        if rnd and "deletion_auc" in r:
+            row += f"{r['deletion_auc'][0] / rnd[0]:>14.2f}"
+        lines.append(row)
+    lines.append("pointing, mass in mask, insertion AUC, pairs: higher is better; deletion AUC: lower is better;")
+    lines.append("pairs it sees: the two-object images whose two classes are the model's top 2")
     return "\n".join(lines)
 
 
@@ -158,26 +237,30 @@ def plot_results(scores: dict[str, MethodScores], path: str, title: str) -> None
 
     summaries = {k: v.summary() for k, v in scores.items()}
     has_masks = any("pointing" in s for s in summaries.values())
-    fig, axes = plt.subplots(1, 3 if has_masks else 2, figsize=(15 if has_masks else 10, 4))
+    fig, axes = plt.subplots(1, 3 if has_masks else 2, figsize=(16 if has_masks else 10, 4.2))
     names = list(scores)
     if has_masks:
         ax = axes[0]
-        w = 0.38
+        bars = [("pointing", "pointing game"), ("mass_in_mask", "map mass in mask"), ("pair_pointing", "pairs")]
+        bars = [b for b in bars if any(b[0] in summaries[n] for n in names)]
+        w = 0.8 / len(bars)
         xs = np.arange(len(names))
-        ax.bar(xs - w / 2, [summaries[n]["pointing"] for n in names], w, label="pointing game")
-        ax.bar(xs + w / 2, [summaries[n]["mass_in_mask"] for n in names], w, label="map mass in mask")
-        ax.set_xticks(xs, names)
+        for j, (key, label) in enumerate(bars):
+            vals = [summaries[n].get(key, [np.nan] * 3) for n in names]
+            mean = np.array([v[0] for v in vals])
+            err = np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]])
+            ax.bar(xs + (j - (len(bars) - 1) / 2) * w, mean, w, yerr=err, capsize=2, label=label)
+        ax.set_xticks(xs, names, rotation=20)
         ax.set_ylim(0, 1)
-        ax.set_title("on the object (higher is better)")
-        ax.legend()
+        ax.set_title("on the object (higher is better; 95 % intervals)")
+        ax.legend(fontsize=8)
     for ax, which, better in zip(axes[-2:], ("deletion", "insertion"), ("lower", "higher")):
         for n in names:
             curves = scores[n].mean_curves()
             if curves is None:
                 continue
             c = curves[0] if which == "deletion" else curves[1]
-            key = f"{which}_auc"
-            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{n} (AUC {summaries[n][key]:.3f})")
+            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{n} (AUC {summaries[n][f'{which}_auc'][0]:.3f})")
         ax.set_xlabel(f"fraction of patches {'removed' if which == 'deletion' else 'revealed'}")
         ax.set_ylabel("probability of the predicted class")
         ax.set_title(f"{which} ({better} AUC is better)")
@@ -188,8 +271,17 @@ def plot_results(scores: dict[str, MethodScores], path: str, title: str) -> None
     plt.close(fig)
 
 
+EVAL_STREAM = 3000  # the synthetic stream explain-eval scores on: never a training or validation image
+
+
+def _counted(items: Iterable[tuple[Tensor, Tensor | None, Tensor | None]], progress: Any) -> Iterator[Any]:
+    for b in items:
+        yield b
+        progress.update(len(b[0]))
+
+
 def run_explain_eval(
-    im: InferenceModel,
+    models: list[InferenceModel],
     data: list[str],
     n: int,
     methods: list[str],
@@ -198,27 +290,41 @@ def run_explain_eval(
     out_dir: str,
     batch_size: int,
     layer: int = -1,
+    pairs: bool = True,
+    seed: int = 0,
 ) -> str:
-    """Score the methods on `data` (see vit_app.evaldata); write explain_eval.png / .json into out_dir and return the
-    printed table."""
+    """Score the methods on `data` (see vit_app.evaldata) for every model, pooled over the models; write
+    explain_eval.png / .json into out_dir and return the printed table. On synthetic data the two-object split is
+    scored too (`pairs`)."""
     spec = parse_data(data)
-    count, samples = open_data(spec, im.class_names, im.card.input.img_size, n, labels=False)
-    with bar(count, "explain-eval") as progress:
-
-        def counted() -> Iterator[tuple[Tensor, Tensor | None, Tensor | None]]:
-            for b in batches(samples, im.transform, batch_size):
-                yield b
-                progress.update(len(b[0]))
-
-        scores = evaluate_maps(im.model, counted(), methods, steps, discard_ratio, layer=layer,
-                               temperature=im.temperature)  # fmt: skip
-    seen = sum(len(d) for d in scores["random"].deletion)
-    if not seen:
-        raise ConfigError(f"--data {spec.spec}: no readable images")
-    description = f"{spec.describe()} ({seen} images{', with masks' if spec.kind == 'synthetic' else ''})"
-    results = {k: v.summary() for k, v in scores.items()}
+    pooled = {m: MethodScores() for m in [*methods, "random"]}
+    per_model = []
+    for im in models:
+        count, samples = open_data(spec, im.class_names, im.card.input.img_size, n, labels=False,
+                                   synthetic_seed=EVAL_STREAM)  # fmt: skip
+        with bar(count * (3 if spec.kind == "synthetic" and pairs else 1), "explain-eval") as progress:
+            counted = _counted(batches(samples, im.transform, batch_size), progress)
+            scores = evaluate_maps(im.model, counted, methods, steps, discard_ratio, seed=seed, layer=layer,
+                                   temperature=im.temperature)  # fmt: skip
+            if spec.kind == "synthetic" and pairs:
+                for name, s in evaluate_pairs(im, methods, count, batch_size, layer, seed).items():
+                    scores[name].pairs, scores[name].pairs_seen = s.pairs, s.pairs_seen
+                progress.update(2 * count)
+        seen = len(scores["random"].deletion)
+        if not seen:
+            raise ConfigError(f"--data {spec.spec}: no readable images")
+        per_model.append({k: v.summary(seed) for k, v in scores.items()})
+        for k, v in scores.items():
+            pooled[k].extend(v)
+    seen = len(pooled["random"].deletion) // len(models)
+    masks = ", with masks and the two-object split" if spec.kind == "synthetic" and pairs else ""
+    description = (f"{spec.describe()} ({seen} images a model{masks}; {len(models)} model(s); random maps and "
+                   f"bootstrap seed {seed}; synthetic stream seed {EVAL_STREAM})")  # fmt: skip
+    results = {k: v.summary(seed) for k, v in pooled.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_results(scores, str(out / "explain_eval.png"), f"attention maps on {description}")
-    (out / "explain_eval.json").write_text(json.dumps({"data": description, "results": results}, indent=2))
+    plot_results(pooled, str(out / "explain_eval.png"), f"attention maps on {spec.describe()}")
+    record = {"data": description, "results": results, "per_model": per_model,
+              "models": [str(getattr(im, "source", "")) for im in models]}  # fmt: skip
+    (out / "explain_eval.json").write_text(json.dumps(record, indent=2))
     return f"data: {description}\n" + format_table(results)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from vit_app.errors import ConfigError
-from vit_app.explain.engine import Explanation, Method, explain
-from vit_app.explain.overlay import grid, model_view, overlay, tile
+from vit_app.explain.engine import CLASS_SPECIFIC, Explanation, explain, resolve_method
+from vit_app.explain.overlay import Upsample, grid, model_view, overlay, tile
 from vit_app.explain.rollout import HeadFusion
 from vit_app.inference import InferenceModel
 from vit_app.inputs import Counts, Item, describe_skipped, expand_inputs, iter_batches, require_images, stack_ok
@@ -57,12 +57,17 @@ class _Names:
         return name
 
 
-def _label(im: InferenceModel, probs: torch.Tensor, target: int, method: str) -> str:
+def describe_map(method: str, layer: int | None, class_name: str | None) -> str:
+    """'rollout', 'attention, layer 2', 'relevance for class star': what made a map (for captions and titles)."""
+    text = method + (f", layer {layer}" if layer is not None else "")
+    return text + (f" for class {class_name}" if class_name is not None else " (not class-specific)")
+
+
+def _caption(im: InferenceModel, probs: torch.Tensor, target: int, method: str, layer: int) -> list[str]:
     pred = int(probs.argmax())
-    text = f"{im.class_names[pred]} {float(probs[pred]):.1%}"
-    if method == "grad-rollout" and target != pred:
-        text += f" | map: {im.class_names[target]}"
-    return text
+    shown_layer = layer % len(im.model.blocks) if method == "attention" else None
+    explained = im.class_names[target] if method in CLASS_SPECIFIC else None
+    return [f"{im.class_names[pred]} {float(probs[pred]):.1%}", describe_map(method, shown_layer, explained)]
 
 
 def write_one(
@@ -74,29 +79,32 @@ def write_one(
     stem: str,
     method: str,
     layer: int,
+    upsample: Upsample = "auto",
 ) -> dict[str, Any]:
     """Write the files of batch element i; return its index record."""
     assert item.image is not None
     m = ex.maps[i].float().cpu().numpy()
     spec = im.card.input
     probs, target = ex.probs[i].cpu(), int(ex.target[i])
-    text = _label(im, probs, target, method)
+    lines = _caption(im, probs, target, method, layer)
     files = {"overlay": f"{stem}.png", "map": f"{stem}.npy", "input": f"{stem}_input.jpg"}
-    overlay(item.image, m, text, spec).save(out_dir / files["overlay"])
+    overlay(item.image, m, lines, spec, upsample=upsample).save(out_dir / files["overlay"])
     model_view(item.image, spec).save(out_dir / files["input"], quality=90)
     np.save(out_dir / files["map"], m.astype(np.float32))
     if ex.layers is not None:
         view = model_view(item.image, spec, 160)
-        tiles = [tile(view, lm[i].cpu().numpy(), f"after layer {j}") for j, lm in enumerate(ex.layers)]
+        tiles = [tile(view, lm[i].cpu().numpy(), [f"up to layer {j}"], upsample) for j, lm in enumerate(ex.layers)]
         files["layers"] = f"{stem}_layers.png"
-        grid(tiles, cols=min(len(tiles), 6), title=f"rollout after each layer: {text}").save(out_dir / files["layers"])
+        title = f"rollout up to each layer: {lines[0]}"
+        grid(tiles, cols=min(len(tiles), 6), title=title).save(out_dir / files["layers"])
     if ex.heads is not None:
         view = model_view(item.image, spec, 160)
         hm = ex.heads[i].cpu().numpy()
-        tiles = [tile(view, hm[h], f"head {h}") for h in range(hm.shape[0])]
+        tiles = [tile(view, hm[h], [f"head {h}"], upsample) for h in range(hm.shape[0])]
         files["heads"] = f"{stem}_heads.png"
         shown = layer % len(im.model.blocks)  # -1 -> the last block's index
-        grid(tiles, cols=min(len(tiles), 6), title=f"layer {shown} heads: {text}").save(out_dir / files["heads"])
+        title = f"attention, layer {shown}, each head: {lines[0]}"
+        grid(tiles, cols=min(len(tiles), 6), title=title).save(out_dir / files["heads"])
     pred = int(probs.argmax())
     top_p, top_i = probs.topk(min(5, probs.numel()))
     return {
@@ -104,7 +112,7 @@ def write_one(
         "label": im.class_names[pred],
         "index": pred,
         "prob": round(float(probs[pred]), 6),
-        "explained_class": im.class_names[target],
+        "explained_class": im.class_names[target] if method in CLASS_SPECIFIC else None,
         "topk": [{"label": im.class_names[int(j)], "prob": round(float(q), 6)} for q, j in zip(top_p, top_i)],
         "method": method,
         **files,
@@ -115,7 +123,7 @@ def run_attention(
     im: InferenceModel,
     inputs: Iterable[str],
     out_dir: str | os.PathLike,
-    method: Method = "rollout",
+    method: str = "rollout",
     head_fusion: HeadFusion = "mean",
     discard_ratio: float = 0.0,
     layer: int = -1,
@@ -125,10 +133,15 @@ def run_attention(
     batch_size: int = 16,
     err: IO[str] | None = None,
     html: bool = False,
+    upsample: Upsample = "auto",
 ) -> Counts:
     """Explain every input into out_dir (plus index.jsonl, one record an image). Options and inputs are checked
     before anything is written: a bad one is a UserError and leaves no output folder behind."""
     inputs = list(inputs)
+    try:
+        method = resolve_method(method)
+    except ValueError as e:
+        raise ConfigError(f"--method: {e}") from None
     target = resolve_class(target_class, im.class_names)
     check_layer(layer, len(im.model.blocks))
     found = expand_inputs(inputs)
@@ -170,7 +183,7 @@ def run_attention(
                     report(item)
                     continue
                 try:
-                    record(write_one(im, item, ex, pos[id(item)], out, names(item.path), method, layer))
+                    record(write_one(im, item, ex, pos[id(item)], out, names(item.path), method, layer, upsample))
                     done += 1
                 except OSError as e:
                     item.error = f"cannot write output: {e}"
