@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Side-by-side benchmark, in one process: our ViT vs timm's, the cost of explaining, the input pipeline.
+"""Side-by-side benchmark, in one process: our ViT vs timm's, the cost of explaining, the input pipeline, the
+slowdown check over a run, and `vit-app serve` with and without batching.
 
     python scripts/benchmark.py --quick --data-root ../shared/data        # < 3 minutes on 2 CPU cores
     python scripts/benchmark.py --rounds 8 --json bench.json              # more rounds
@@ -315,6 +316,130 @@ def pipeline_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
+def slowdown_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """A training run in miniature: the CIFAR recipe's model and optimiser (Muon, patch drop) for many steps, timed
+    in blocks, each block next to a fixed 512 x 512 matmul. A run that slows while the matmul does not (the
+    late / early ratio of step_over_reference > 1) slows for a reason of its own: state that grows, denormals."""
+    from vit_app.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+                              mlp_ratio=2.0, patch_drop_rate=0.5).to(device).train()  # fmt: skip
+    opt = build_optimizer(model, "muon", lr=2e-3, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (128,), generator=g).to(device)
+    ref = torch.randn(512, 512, generator=g).to(device)
+    block = 20 if args.quick else 100
+    blocks = 6 if args.quick else 12
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def timed(fn: Callable[[], object], n: int) -> float:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        return 1000 * statistics.median(times)
+
+    rows = []
+    for b in range(blocks):
+        step_ms = timed(step, block)
+        ref_ms = timed(lambda: (ref @ ref).sum().item(), 20)
+        rows.append({"section": "slowdown", "block": b, "steps": (b + 1) * block, "step_ms": step_ms,
+                     "reference_ms": ref_ms, "step_over_reference": step_ms / ref_ms})  # fmt: skip
+        _print_row(rows[-1])
+    early = statistics.median(r["step_over_reference"] for r in rows[:2])
+    late = statistics.median(r["step_over_reference"] for r in rows[-2:])
+    rows.append({"section": "slowdown", "block": "late / early", "steps": blocks * block, "step_ms": float("nan"),
+                 "reference_ms": float("nan"), "step_over_reference": late / early})  # fmt: skip
+    return rows
+
+
+def serve_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Requests per second of `vit-app serve` with batching (--max-batch-size 16) and one request at a time (1),
+    the same concurrent load (64 clients) on a quickstart-sized model, the two servers measured in turn, rounds
+    interleaved."""
+    import io
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from vit_app.card import ModelCard, Provenance, save_safetensors
+    from vit_app.data.synthetic import render_sample
+    from vit_app.data.transforms import InputSpec
+    from vit_app.model import ViTConfig
+
+    tmp = Path(tempfile.mkdtemp())
+    cfg = ViTConfig(img_size=32, patch_size=8, num_classes=6, embed_dim=128, depth=4, num_heads=4)
+    ckpt = tmp / "model.safetensors"
+    card = ModelCard(cfg, [f"c{i}" for i in range(6)], InputSpec.create(32), provenance=Provenance())
+    save_safetensors(VisionTransformer(cfg).state_dict(), card, ckpt)
+    bodies = []
+    for i in range(8):
+        buf = io.BytesIO()
+        Image.fromarray(render_sample(0, i, 96)[0]).save(buf, "PNG")
+        bodies.append(buf.getvalue())
+    vit_app = str(Path(sys.executable).parent / "vit-app")
+
+    def start(batch: int) -> tuple[subprocess.Popen, str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [vit_app, "--quiet", "serve", "--ckpt", str(ckpt), "--port", str(port), "--device", "cpu",
+               "--max-batch-size", str(batch)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                    return proc, url
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("server did not start")
+
+    def post(url: str, body: bytes) -> int:
+        req = urllib.request.Request(url + "/predict", data=body, method="POST", headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status
+
+    n = 64 if args.quick else 256
+    servers = {b: start(b) for b in (16, 1)}
+    rates: dict[int, list[float]] = {16: [], 1: []}
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            for _, url in servers.values():  # warm-up
+                list(pool.map(lambda i, url=url: post(url, bodies[i % 8]), range(16)))
+            for r in range(max(2, args.rounds // 2)):
+                for b in (16, 1) if r % 2 == 0 else (1, 16):
+                    url = servers[b][1]
+                    t = time.perf_counter()
+                    codes = list(pool.map(lambda i, url=url: post(url, bodies[i % 8]), range(n)))
+                    assert codes == [200] * n
+                    rates[b].append(n / (time.perf_counter() - t))
+    finally:
+        for proc, _ in servers.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+    batched, single = statistics.median(rates[16]), statistics.median(rates[1])
+    row = {"section": "serve", "requests": n, "clients": 64, "batched_req_s": batched, "single_req_s": single,
+           "ratio": batched / single}  # fmt: skip
+    _print_row(row)
+    return [row]
+
+
 def _print_row(r: dict) -> None:
     cells = []
     for k, v in r.items():
@@ -356,6 +481,23 @@ def print_tables(rows: list[dict]) -> None:
                 f"{r['model_img_s']:.0f} | {r['precision']} | {r['data_over_model']:.1f} |"
             )
 
+    slow = [r for r in rows if r["section"] == "slowdown"]
+    if slow:
+        print("\n## Slowdown over a run (CIFAR recipe steps, timed in blocks beside a fixed matmul; target ~1.0)")
+        print("| block | steps | step ms | reference ms | step / reference |")
+        print("|---|---|---|---|---|")
+        for r in slow:
+            ms = "" if r["step_ms"] != r["step_ms"] else f"{r['step_ms']:.1f}"
+            ref = "" if r["reference_ms"] != r["reference_ms"] else f"{r['reference_ms']:.2f}"
+            print(f"| {r['block']} | {r['steps']} | {ms} | {ref} | {r['step_over_reference']:.2f} |")
+    serve = [r for r in rows if r["section"] == "serve"]
+    if serve:
+        print("\n## vit-app serve: requests/s, 64 concurrent clients (batching vs one request at a time)")
+        print("| requests | batched (max 16) req/s | one at a time req/s | ratio |")
+        print("|---|---|---|---|")
+        for r in serve:
+            print(f"| {r['requests']} | {r['batched_req_s']:.0f} | {r['single_req_s']:.0f} | {r['ratio']:.2f} |")
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,7 +512,7 @@ def main() -> None:
     p.add_argument("--pipeline-batches", type=int, default=None)
     p.add_argument("--pipeline-model-batch", type=int, default=32, help="batch for the model side of pipeline rows")
     p.add_argument("--data-root", default=None, help="folder with cifar10/ and imagenette-mini/ for the pipeline rows")
-    p.add_argument("--only", nargs="+", choices=["model", "explain", "pipeline"], default=None)
+    p.add_argument("--only", nargs="+", choices=["model", "explain", "pipeline", "slowdown", "serve"], default=None)
     p.add_argument("--json", default="benchmark.json", help="where to write all rows")
     args = p.parse_args()
     args.rounds = args.rounds or (4 if args.quick else 8)
@@ -384,10 +526,12 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
     print(f"device: {device} ({name}); torch {torch.__version__}; threads: {threads}; rounds: {args.rounds}")
-    sections = args.only or ["model", "explain", "pipeline"]
+    sections = args.only or ["model", "explain", "pipeline", "slowdown", "serve"]
     rows: list[dict] = []
     t0 = time.time()
-    for section, fn in (("model", model_rows), ("explain", explain_rows), ("pipeline", pipeline_rows)):
+    sections_fns = (("model", model_rows), ("explain", explain_rows), ("pipeline", pipeline_rows),
+                    ("slowdown", slowdown_rows), ("serve", serve_rows))  # fmt: skip
+    for section, fn in sections_fns:
         if section in sections:
             t = time.time()
             rows += fn(args, device)

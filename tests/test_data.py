@@ -162,3 +162,32 @@ def test_memory_loader_evaluates_the_same_tensors_as_the_eval_transform() -> Non
     x_ref, y_ref = next(iter(ref.val_dataloader()))
     assert torch.equal(y_mem, y_ref)
     torch.testing.assert_close(x_mem, x_ref, atol=1e-6, rtol=0)
+
+
+def test_imagefolder_in_memory_with_held_out_validation(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("a", "b"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                size = (40 + 7 * i, 30 + 5 * i)  # mixed sizes and aspect ratios
+                Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{i}.png")
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    dm = ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=16, crop_pct=1.0, loader="memory",
+                       val_holdout=3, batch_size=4)  # fmt: skip
+    dm.setup("fit")
+    (tx, ty), (vx, vy) = dm.train_set, dm.val_set
+    assert tx.dtype == torch.uint8 and tx.shape[1:] == (3, 16, 16)
+    assert len(ty) + len(vy) == 12 and len(vy) == 3  # 13 files, the broken one left out
+    assert "left out 1 unreadable image" in capsys.readouterr().err
+    # each stored image is what inference sees, before normalisation
+    spec = InputSpec.create(16, 1.0, dm.mean, dm.std)
+    from vit_app.data.transforms import EvalTransform
+
+    pixels = EvalTransform(spec).pixels
+    stored = {tuple(x.flatten()[:32].tolist()) for x in torch.cat([tx, vx])}
+    files = sorted(p for p in (tmp_path / "train").rglob("*.png") if p.name != "broken.png")
+    assert stored == {tuple(pixels(Image.open(f).convert("RGB")).flatten()[:32].tolist()) for f in files}
+    dm.setup("test")
+    assert len(dm.test_set[1]) == 4  # the val folder is the test split

@@ -133,8 +133,13 @@ def _checkpoint_weights(ckpt: dict[str, Any], prefix: str) -> dict[str, torch.Te
 
 
 def load_model_file(path: str | os.PathLike) -> tuple[ModelCard, dict[str, torch.Tensor]]:
-    """(card, model state dict) from a vit-app checkpoint (.ckpt) or an exported .safetensors file, read safely."""
+    """(card, model state dict) from a vit-app checkpoint (.ckpt), an exported .safetensors file or a timm-format
+    folder (config.json + model.safetensors), read safely."""
     p = Path(path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        from vit_app.hub import read_timm_folder
+
+        return read_timm_folder(p)
     if p.suffix == ".safetensors":
         state, header = load_safetensors(p)
         if header is None:

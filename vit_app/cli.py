@@ -42,7 +42,8 @@ Images (any checkpoint from fit; no config needed):
   classify       top-k predictions:  vit-app classify img.jpg photos/ "*.png" --ckpt best.ckpt --format jsonl
   attention      attention maps:     vit-app attention img.jpg --ckpt best.ckpt --out maps/ --method rollout
   explain-eval   how right the maps are: vit-app explain-eval --ckpt best.ckpt
-  export         deploy:             vit-app export --ckpt best.ckpt --out model.onnx
+  export         deploy:             vit-app export --ckpt best.ckpt --out model.onnx  (--format timm --out DIR)
+  serve          HTTP server:        vit-app serve --ckpt best.ckpt --port 8000   (POST /predict, /explain; GET /)
   plot           training curves:    vit-app plot runs/quickstart/version_0
   calibrate      temperature scaling: vit-app calibrate --ckpt best.ckpt --data cifar10:~/data/cifar10
 
@@ -71,10 +72,17 @@ class ToolParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it is None or False (nothing worth saying) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser(prog: str, description: str) -> ToolParser:
-    return ToolParser(
-        prog=f"vit-app {prog}", description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    return ToolParser(prog=f"vit-app {prog}", description=description, formatter_class=_Defaults)
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -177,7 +185,11 @@ def cmd_attention(argv: list[str]) -> int:
                    "attnlrp, cp-lrp); default: the predicted one")  # fmt: skip
     p.add_argument("--layers-grid", action="store_true", help="also write a PNG of the rollout after each layer")
     p.add_argument("--heads-grid", action="store_true", help="also write a PNG of each head's map in --layer")
-    p.add_argument("--html", action="store_true", help="also write report.html: inputs, overlays, top-k, side by side")
+    p.add_argument("--html", action="store_true", help="also write explorer.html (one self-contained page that opens "
+                   "offline: method, layer and head switches, where each patch attends, the class-specific map for "
+                   "each of the top 5) and report.html (inputs, overlays, top-k, side by side)")  # fmt: skip
+    p.add_argument("--html-heads", action="store_true", help="explorer: keep every head's query rows too, not "
+                   "only the head-fused ones (a page about 1 + heads times larger)")  # fmt: skip
     p.add_argument("--upsample", choices=["auto", "nearest", "bicubic"], default="auto", help="how the patch grid is "
                    "drawn: nearest shows each patch as the block it is (auto: nearest up to 8 x 8)")  # fmt: skip
     args = p.parse_args(argv)
@@ -188,7 +200,8 @@ def cmd_attention(argv: list[str]) -> int:
     counts = run_attention(
         im, args.paths, args.out, args.method or DEFAULT_METHOD, args.head_fusion, args.discard_ratio, args.layer,
         args.target,
-        args.layers_grid, args.heads_grid, args.batch_size, html=args.html, upsample=args.upsample,
+        args.layers_grid, args.heads_grid, args.batch_size, html=args.html or args.html_heads, upsample=args.upsample,
+        html_heads=args.html_heads,
     )  # fmt: skip
     return _summary("attention", counts, f"explained into {args.out}")
 
@@ -237,8 +250,10 @@ def cmd_explain_eval(argv: list[str]) -> int:
     return 0
 
 
-EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pts", ".torchscript"), "safetensors": (".safetensors",)}
-EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "safetensors": "a safetensors"}
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pts", ".torchscript"), "safetensors": (".safetensors",),
+                   "timm": ("",)}  # fmt: skip
+EXPORT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "safetensors": "a safetensors",
+                "timm": "a timm-format"}  # fmt: skip
 
 
 def cmd_export(argv: list[str]) -> int:
@@ -246,21 +261,45 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--ckpt", required=True, help="checkpoint written by 'vit-app fit'")
     p.add_argument("--format", choices=list(EXPORT_SUFFIXES), help="output format (default: from the --out suffix)")
     p.add_argument("--out", required=True, help="output file: .onnx, .pt or .safetensors (ONNX and TorchScript get "
-                   "the model card beside them as OUT.json)")  # fmt: skip
+                   "the model card beside them as OUT.json); with --format timm a folder: config.json, "
+                   "model.safetensors and README.md, which timm.create_model('local-dir:OUT') loads")  # fmt: skip
+    p.add_argument(
+        "--push-to-hub",
+        metavar="USER/REPO",
+        help="--format timm: then upload the folder to this "
+        "Hugging Face Hub model repo (needs a network and a token: HF_TOKEN or `huggingface-cli login`)",
+    )
+    p.add_argument("--private", action="store_true", help="--push-to-hub: create the repo as private")
     args = p.parse_args(argv)
     suffix = Path(args.out).suffix.lower()
-    by_suffix = next((f for f, sfx in EXPORT_SUFFIXES.items() if suffix in sfx), None)
+    by_suffix = next((f for f, sfx in EXPORT_SUFFIXES.items() if suffix and suffix in sfx), None)
     fmt = args.format or by_suffix
     if fmt is None:
-        raise UsageError(f"--out {args.out}: give --format, or a file name ending .onnx, .pt or .safetensors")
-    if suffix not in EXPORT_SUFFIXES[fmt]:
+        raise UsageError(f"--out {args.out}: give --format, or a file name ending .onnx, .pt or .safetensors "
+                         "(--format timm writes a folder)")  # fmt: skip
+    if fmt == "timm":
+        if suffix in {s for f, sfx in EXPORT_SUFFIXES.items() if f != "timm" for s in sfx}:
+            raise UsageError(f"--out {args.out}: --format timm writes a folder; give a folder name, not a file")
+    elif suffix not in EXPORT_SUFFIXES[fmt]:
         ends = " or ".join(EXPORT_SUFFIXES[fmt])
         raise UsageError(f"--out {args.out}: {EXPORT_NAMES[fmt]} file should end {ends} (or choose another --format)")
+    if args.push_to_hub and fmt != "timm":
+        raise UsageError("--push-to-hub: the Hub takes the timm format; add --format timm (--out is then a folder)")
+    if args.push_to_hub and args.push_to_hub.count("/") != 1:
+        raise UsageError(f"--push-to-hub {args.push_to_hub}: give the repo as USER/REPO")
     from vit_app.export import export_model
     from vit_app.inference import load_for_inference
 
-    path = export_model(load_for_inference(args.ckpt), fmt, _output_file(args.out, "--out"))
-    print(f"vit-app export: wrote {path}", file=sys.stderr)
+    out = Path(args.out) if fmt == "timm" else _output_file(args.out, "--out")
+    path = export_model(load_for_inference(args.ckpt), fmt, out)
+    checked = " (loads in timm and vit-app with the same logits)" if fmt == "timm" else ""
+    print(f"vit-app export: wrote {path}{checked}", file=sys.stderr)
+    if args.push_to_hub:
+        from vit_app.hub import push_folder
+
+        url = push_folder(path, args.push_to_hub, private=args.private)
+        print(f"vit-app export: pushed to {url}; load it with timm.create_model('hf-hub:{args.push_to_hub}', "
+              "pretrained=True)", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -309,8 +348,47 @@ def cmd_calibrate(argv: list[str]) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    p = _parser(
+        "serve",
+        "Serve a model over HTTP (LitServe, with request batching): POST /predict and POST /explain take image bytes "
+        "or a multipart file; GET /health; GET / is a page to drop an image on. Bad uploads get a 4xx.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint, exported .safetensors file or timm-format folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_at_least(1), default=8000, help="TCP port")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--max-batch-size", type=_at_least(1), default=16, help="requests run together (1: no batching)")
+    p.add_argument("--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill up")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads are refused (413)")
+    p.add_argument("--max-pixels", type=_at_least(1), default=40_000_000, help="larger images are refused (413)")
+    p.add_argument("--topk", type=_at_least(1), default=5, help="classes per answer (a request may ask ?topk=N)")
+    args = p.parse_args(argv)
+    if not args.batch_timeout >= 0 or not args.max_upload_mb > 0:
+        raise UsageError("--batch-timeout must be >= 0 and --max-upload-mb > 0")
+    try:
+        from vit_app.serve import build_server
+    except ImportError as e:
+        raise ConfigError(f"serve needs LitServe ({e.name} is missing): pip install 'vit-app[serve]'") from None
+    from vit_app.card import read_card_file
+    from vit_app.inference import resolve_device
+
+    read_card_file(args.ckpt)  # a bad file is refused here, in one line, before any worker starts
+    try:
+        device = str(resolve_device(args.device))
+    except ValueError as e:
+        raise ConfigError(f"--device: {e}") from None
+    server = build_server(args.ckpt, device, args.max_batch_size, args.batch_timeout, args.max_upload_mb,
+                          args.max_pixels, args.topk)  # fmt: skip
+    print(f"vit-app serve: http://{args.host}:{args.port}/ (POST /predict, /explain; GET /health)", file=sys.stderr)
+    server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
+               log_level="warning")  # fmt: skip
+    return 0
+
+
 def _tools() -> dict[str, Callable[[list[str]], int]]:
     return {
+        "serve": cmd_serve,
         "calibrate": cmd_calibrate,
         "classify": cmd_classify,
         "attention": cmd_attention,

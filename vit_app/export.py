@@ -1,4 +1,4 @@
-"""`vit-app export`: a trained model to ONNX, TorchScript or safetensors, each with its model card."""
+"""`vit-app export`: a trained model to ONNX, TorchScript, safetensors or timm's folder format, each with its card."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from vit_app.card import save_safetensors
 from vit_app.inference import InferenceModel
 
-ExportFormat = Literal["onnx", "torchscript", "safetensors"]
+ExportFormat = Literal["onnx", "torchscript", "safetensors", "timm"]
 
 
 def export_model(im: InferenceModel, fmt: ExportFormat, out: str | os.PathLike) -> Path:
@@ -25,6 +25,12 @@ def export_model(im: InferenceModel, fmt: ExportFormat, out: str | os.PathLike) 
     example = torch.randn(2, 3, size, size)
     if fmt == "safetensors":
         save_safetensors(model.state_dict(), im.card, out)
+        return out
+    if fmt == "timm":
+        from vit_app.hub import write_timm_folder
+
+        write_timm_folder(model.state_dict(), im.card, out)
+        check_timm_folder(im, out, example)
         return out
     with warnings.catch_warnings():
         # The tracer notes that the input size becomes a constant: it is the card's, and only the batch is dynamic.
@@ -46,6 +52,24 @@ def export_model(im: InferenceModel, fmt: ExportFormat, out: str | os.PathLike) 
                 dynamo=False,
             )
         else:
-            raise ValueError(f"--format must be onnx, torchscript or safetensors, got {fmt!r}")
+            raise ValueError(f"--format must be onnx, torchscript, safetensors or timm, got {fmt!r}")
     out.with_suffix(out.suffix + ".json").write_text(im.card.to_json())
     return out
+
+
+def check_timm_folder(im: InferenceModel, folder: Path, x: torch.Tensor, atol: float = 1e-5) -> None:
+    """Load `folder` the way timm does (`timm.create_model("local-dir:...")`) and the way vit-app does, and require
+    both to give `im`'s logits on x: what is shared (or pushed) is known to work."""
+    import timm
+
+    from vit_app.errors import CheckpointError
+    from vit_app.inference import load_for_inference
+
+    with torch.no_grad():
+        want = im.model(x)
+        theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x)
+        ours = load_for_inference(folder).model(x)
+    for who, got in (("timm", theirs), ("vit-app", ours)):
+        diff = float((got - want).abs().max())
+        if diff > atol:
+            raise CheckpointError(f"{folder}: loaded by {who}, the model's logits differ by {diff:.2e} (> {atol})")

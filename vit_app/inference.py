@@ -39,9 +39,10 @@ class InferenceModel:
     """A model in eval mode with its card: `m(x)` gives logits, `m.probs(x)` calibrated probabilities, and
     `predict` / `explain` take image files or PIL images."""
 
-    def __init__(self, model: VisionTransformer, card: ModelCard) -> None:
+    def __init__(self, model: VisionTransformer, card: ModelCard, source: str = "") -> None:
         self.model = model.eval()
         self.card = card
+        self.source = source  # the file or folder it was loaded from
         self.transform = build_eval_transform(card.input)
 
     @property
@@ -108,8 +109,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
-    """The model saved in a vit-app checkpoint or exported .safetensors file (its EMA weights if it was trained
-    with them), in eval mode, with its card. Loaded safely: tensors and plain data only."""
+    """The model saved in a vit-app checkpoint, an exported .safetensors file or a timm-format folder (`vit-app
+    export --format timm`), its EMA weights if it was trained with them, in eval mode, with its card. Loaded safely:
+    tensors and plain data only."""
     device = resolve_device(device)
     card, weights = load_model_file(path)
     model = VisionTransformer(card.model)
@@ -118,4 +120,4 @@ def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cp
     except (RuntimeError, ValueError) as e:
         reason = str(e).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the model config its card records ({reason})") from None
-    return InferenceModel(model, card).to(device)
+    return InferenceModel(model, card, str(path)).to(device)

@@ -77,10 +77,11 @@ class ViTClassifier(L.LightningModule):
             test and inference then use the averaged weights. None = off.
         time_budget_min: train for this many minutes of wall time (validation included): the cosine follows the
             clock instead of the step count and training stops when the time is up. Not bitwise reproducible.
-        pretrained: start from these weights: a timm model name (e.g. vit_small_patch16_224.augreg_in21k_ft_in1k,
-            fetched from the Hugging Face hub, needs network) or a local .safetensors / .pth file holding a
-            timm-format state dict. Position embeddings are resampled to img_size; the head is replaced when the
-            class count differs.
+        pretrained: start from these weights, spelled as timm spells them: a timm model name (e.g.
+            vit_small_patch16_224.augreg_in21k_ft_in1k) or hf-hub:USER/REPO (both fetched from the Hugging Face hub,
+            need network), local-dir:DIR (a timm-format folder, e.g. from `vit-app export --format timm`), or a local
+            .safetensors / .pth file holding a timm-format state dict. Position embeddings are resampled to
+            img_size; the head is replaced when the class count differs.
         layer_decay: layer-wise learning-rate decay (e.g. 0.75): block i trains at lr * decay^(depth - i), the
             embeddings at lr * decay^(depth + 1), the head at lr. None = off.
         compile: run the training forward through torch.compile (worth it on GPUs; the weights and checkpoints

@@ -13,7 +13,16 @@ STATE_DICT_WRAPPERS = ("state_dict", "model", "module")  # common keys around a 
 
 
 def read_timm_weights(source: str) -> dict[str, torch.Tensor]:
-    """A timm-format state dict from a local .safetensors / .pth file, or a timm model name from the hub."""
+    """A timm-format state dict, named as timm names it: a local .safetensors / .pth file, `local-dir:DIR` (a folder
+    with model.safetensors, as `vit-app export --format timm` writes and the Hub holds), `hf-hub:USER/REPO`, or a
+    timm model name (e.g. vit_small_patch16_224.augreg_in21k) from the hub."""
+    if source.startswith("local-dir:"):
+        from vit_app.hub import read_timm_folder
+
+        folder = source.removeprefix("local-dir:")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"model.pretrained: {source}: no such folder")
+        return read_timm_folder(folder)[1]
     if os.path.isfile(source):
         if source.endswith(".safetensors"):
             from vit_app.card import load_safetensors
@@ -26,7 +35,7 @@ def read_timm_weights(source: str) -> dict[str, torch.Tensor]:
             if key in state and isinstance(state[key], dict):
                 state = state[key]
         return state
-    if "/" in source or "." in source or source.startswith("vit_"):
+    if source.startswith("hf-hub:") or "/" in source or "." in source or source.startswith("vit_"):
         import timm
 
         try:

@@ -192,7 +192,8 @@ class ViTCLI(LightningCLI):
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
             epochs = self.model.card().provenance.epochs
             print(f"vit-app: final: {shown} after {t.global_step} steps ({epochs} epochs)")
-        cb = t.checkpoint_callback
+        ours = [c for c in t.callbacks if isinstance(c, Checkpoint)]  # not a config's own (e.g. every epoch's)
+        cb = ours[0] if ours else t.checkpoint_callback
         if isinstance(cb, ModelCheckpoint):
             if cb.best_model_score is not None and cb.monitor:
                 print(f"vit-app: best: {cb.monitor} {float(cb.best_model_score):.4f} in {cb.best_model_path}")

@@ -52,11 +52,44 @@ def _some(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
-def _as_tensors(ds: Dataset, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images (N, 3, H, W), int64 labels (N,)) of a CIFAR, synthetic, or Subset of either, on `device`."""
+def _decode_folder(ds: ImageFolderDataset, indices: list[int], pixels: Any) -> tuple[torch.Tensor, list[int]]:
+    """The images `indices` of an image folder decoded once through `pixels` (PIL -> (3, S, S) uint8): (images
+    (N, 3, S, S), labels). An unreadable file is left out and named on stderr, never replaced."""
+    from vit_app.data.images import ImageLoadError, load_image
+    from vit_app.progress import bar, say
+
+    images, labels, bad = [], [], []
+    for i in _with_bar(indices, bar):
+        path, label = ds.samples[i]
+        try:
+            images.append(pixels(load_image(path)))
+            labels.append(label)
+        except ImageLoadError as e:
+            bad.append(f"{path}: {e}")
+    if bad:
+        say(f"data: left out {len(bad)} unreadable image(s) of {len(indices)}: " + "; ".join(bad[:3])
+            + (" ..." if len(bad) > 3 else ""))  # fmt: skip
+    if not images:
+        raise ConfigError(f"data.root: none of the {len(indices)} images under '{ds.root}' could be read")
+    return torch.stack(images), labels
+
+
+def _with_bar(items: list[int], bar: Any) -> Any:
+    with bar(total=len(items), desc="decoding images") as b:
+        for item in items:
+            yield item
+            b.update()
+
+
+def _as_tensors(ds: Dataset, device: str, pixels: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 3, H, W), int64 labels (N,)) of a CIFAR, synthetic or image-folder dataset, or a Subset of
+    one, on `device`. Image files are decoded once with `pixels` (the eval transform's geometry)."""
     indices = None
     if isinstance(ds, Subset):
         ds, indices = ds.dataset, list(ds.indices)
+    if isinstance(ds, ImageFolderDataset):
+        x, labels = _decode_folder(ds, indices if indices is not None else list(range(len(ds))), pixels)
+        return x.to(device), torch.as_tensor(labels, dtype=torch.long).to(device)
     if isinstance(ds, SyntheticShapes):
         images, labels = ds.as_arrays()
     else:  # torchvision CIFAR: .data (N, H, W, 3) uint8 and .targets
@@ -124,7 +157,8 @@ class ViTDataModule(L.LightningDataModule):
         class_names: the model's classes in output order (default: the dataset's). An ImageFolder reads these
             folders; other datasets must have this many classes. validate / test / predict set it from the
             checkpoint's model card.
-        val_holdout: CIFAR/synthetic: hold this many training images out for validation; 0 validates on the test split.
+        val_holdout: hold this many training images out for validation; 0 validates on the test split (image folders:
+            on the val folder).
         synthetic_train_size: synthetic: number of training images.
         synthetic_val_size: synthetic: number of validation (and test) images.
         rand_augment: timm RandAugment config string, e.g. "rand-m9-mstd0.5-inc1"; None turns it off.
@@ -136,8 +170,9 @@ class ViTDataModule(L.LightningDataModule):
         mean: normalisation mean; default per dataset.
         std: normalisation std; default per dataset.
         seed: seed of the hold-out split, the synthetic streams and the in-memory loader's shuffles.
-        loader: "torch" (DataLoader, per-image transforms in worker processes) or "memory" (CIFAR/synthetic only:
-            the whole uint8 set in one tensor, cropped and flipped in batches; far cheaper for small images).
+        loader: "torch" (DataLoader, per-image transforms in worker processes) or "memory" (the whole
+            uint8 set in one tensor, cropped and flipped in batches; far cheaper for small images; image files are
+            decoded once, resized and centre-cropped as the eval transform does).
         memory_device: where the "memory" loader keeps the data and augments it: "cpu" or "cuda" (GPU-resident).
         predict_split: what `vit-app predict` runs over: the train, val or test split (eval transform)...
         predict_path: ...or image files under this folder / glob pattern instead (unreadable files are reported).
@@ -225,8 +260,6 @@ class ViTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.{e}") from None
         self.img_size, self.crop_pct, self.mean, self.std = spec.img_size, spec.crop_pct, spec.mean, spec.std
         if loader == "memory":
-            if dataset == "imagefolder":
-                raise ConfigError("data.loader: 'memory' holds CIFAR or synthetic data; use 'torch' for imagefolder")
             if rand_augment:
                 raise ConfigError("data.rand_augment works on PIL images: use data.loader 'torch' with it")
             if train_crop == "rrc":
@@ -293,16 +326,17 @@ class ViTDataModule(L.LightningDataModule):
     def _raw_split(self, split: str) -> Dataset:
         """The train, val or test dataset, yielding (PIL image, label), without transforms. Only that split is built
         (and, for a held-out validation split, the training set it is cut from)."""
-        held_out = self.val_holdout > 0 and self.kind != "imagefolder"
-        if self.kind == "imagefolder":
-            folder = self.train_split if split == "train" else self.val_split
-            return ImageFolderDataset(Path(self.root) / folder, self.class_names)  # type: ignore[arg-type]
+        held_out = self.val_holdout > 0
         if split == "test" or (split == "val" and not held_out):
+            if self.kind == "imagefolder":
+                return ImageFolderDataset(Path(self.root) / self.val_split, self.class_names)  # type: ignore[arg-type]
             if self.kind == "synthetic":
                 return SyntheticShapes(self.synthetic_sizes[1], seed=2000 + self.seed, img_size=self.img_size)
             return _cifar_class(self.kind)(self.root, train=False, download=False)
-        if self.kind == "synthetic":
-            train: Dataset = SyntheticShapes(self.synthetic_sizes[0], seed=1000 + self.seed, img_size=self.img_size)
+        if self.kind == "imagefolder":
+            train: Dataset = ImageFolderDataset(Path(self.root) / self.train_split, self.class_names)  # type: ignore[arg-type]
+        elif self.kind == "synthetic":
+            train = SyntheticShapes(self.synthetic_sizes[0], seed=1000 + self.seed, img_size=self.img_size)
         else:
             train = _cifar_class(self.kind)(self.root, train=True, download=False)
         if not held_out:
@@ -323,7 +357,7 @@ class ViTDataModule(L.LightningDataModule):
                 continue
             raw = self._raw_split(split)
             if self.loader == "memory":
-                built: Any = _as_tensors(raw, self.memory_device)
+                built: Any = _as_tensors(raw, self.memory_device, self.eval_transform.pixels)
             else:
                 transform = self.train_transform if split == "train" else self.eval_transform
                 built = SeededTransform(raw, transform, self.seed)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -69,16 +71,30 @@ def load_image(path: str | os.PathLike, background: tuple[int, int, int] = (255,
         raise ImageLoadError(f"{p}: empty file")
     if size > MAX_FILE_BYTES:
         raise ImageLoadError(f"{p}: file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit")
+    return _decode(p, str(p), background, MAX_PIXELS)
+
+
+def load_image_bytes(
+    data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS, background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
+    """An uploaded image's bytes as 8-bit RGB, with the checks of load_image (and a pixel limit of its own);
+    ImageLoadError names `name` and the reason."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty")
+    return _decode(io.BytesIO(data), name, background, max_pixels)
+
+
+def _decode(src: Any, p: str, background: tuple[int, int, int], max_pixels: int) -> Image.Image:
     _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(src) as img:
                 if img.format not in ALLOWED_FORMATS:
                     raise ImageLoadError(f"{p}: format {img.format} is not allowed")
                 w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageLoadError(f"{p}: {w}x{h} pixels exceeds the {MAX_PIXELS} pixel limit")
+                if w * h > max_pixels:
+                    raise ImageLoadError(f"{p}: {w}x{h} pixels exceeds the {max_pixels} pixel limit")
                 img.seek(0)  # animated images: the first frame
                 img.load()
                 img = ImageOps.exif_transpose(img) or img

@@ -113,6 +113,11 @@ class EvalTransform:
         self.std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        x = self.pixels(img)  # (3, S, S) uint8
+        return x.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div_(self.std)
+
+    def pixels(self, img: Image.Image) -> torch.Tensor:
+        """The geometric part alone: (3, S, S) uint8, as the in-memory loader stores an image file."""
         img = LimitAspect()(img)
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
@@ -123,8 +128,7 @@ class EvalTransform:
         S = self.spec.img_size
         top, left = int(round((size[1] - S) / 2.0)), int(round((size[0] - S) / 2.0))
         img = img.crop((left, top, left + S, top + S))
-        x = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S) uint8
-        return x.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div_(self.std)
+        return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S) uint8
 
     def __repr__(self) -> str:
         return f"EvalTransform({self.spec})"

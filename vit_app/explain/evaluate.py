@@ -325,6 +325,6 @@ def run_explain_eval(
     out.mkdir(parents=True, exist_ok=True)
     plot_results(pooled, str(out / "explain_eval.png"), f"attention maps on {spec.describe()}")
     record = {"data": description, "results": results, "per_model": per_model,
-              "models": [str(getattr(im, "source", "")) for im in models]}  # fmt: skip
+              "models": [im.source for im in models]}  # fmt: skip
     (out / "explain_eval.json").write_text(json.dumps(record, indent=2))
     return f"data: {description}\n" + format_table(results)

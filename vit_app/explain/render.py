@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from vit_app.errors import ConfigError
-from vit_app.explain.engine import CLASS_SPECIFIC, Explanation, explain, resolve_method
-from vit_app.explain.overlay import Upsample, grid, model_view, overlay, tile
+from vit_app.explain.engine import CLASS_METHOD, CLASS_SPECIFIC, DEFAULT_METHOD, Explanation, explain, resolve_method
+from vit_app.explain.explorer import VIEW, explore_batch, image_record, write_explorer
+from vit_app.explain.overlay import COARSE, Upsample, grid, model_view, overlay, tile
 from vit_app.explain.rollout import HeadFusion
 from vit_app.inference import InferenceModel
 from vit_app.inputs import Counts, Item, describe_skipped, expand_inputs, iter_batches, require_images, stack_ok
@@ -119,6 +120,14 @@ def write_one(
     }
 
 
+def _explorer_meta(im: InferenceModel, head_fusion: str) -> dict[str, Any]:
+    c = im.card.model
+    model = (f"{c.depth} blocks x {c.embed_dim} wide, {c.num_heads} heads, patch {c.patch_size} on "
+             f"{im.card.input.img_size} px, {len(im.class_names)} classes")  # fmt: skip
+    return {"model": model, "default_method": DEFAULT_METHOD, "class_method": CLASS_METHOD,
+            "head_fusion": head_fusion, "coarse": COARSE}  # fmt: skip
+
+
 def run_attention(
     im: InferenceModel,
     inputs: Iterable[str],
@@ -134,6 +143,7 @@ def run_attention(
     err: IO[str] | None = None,
     html: bool = False,
     upsample: Upsample = "auto",
+    html_heads: bool = False,
 ) -> Counts:
     """Explain every input into out_dir (plus index.jsonl, one record an image). Options and inputs are checked
     before anything is written: a bad one is a UserError and leaves no output folder behind."""
@@ -152,6 +162,7 @@ def run_attention(
     out.mkdir(parents=True, exist_ok=True)
     names = _Names()
     done = failed = 0
+    pages: list[dict[str, Any]] = []  # the explorer's records (--html)
     with open(out / "index.jsonl", "w") as index:
 
         def record(rec: dict[str, Any]) -> None:
@@ -177,13 +188,21 @@ def run_attention(
                     im.model, x.to(im.device), method, head_fusion, discard_ratio, layer, target,
                     with_layers, with_heads, im.temperature,
                 )  # fmt: skip
+            eb = explore_batch(im.model, x.to(im.device), im.temperature, html_heads, head_fusion) if html else None
             pos = {id(it): i for i, it in enumerate(ok)}
             for item in items:
                 if item.error is not None or ex is None:
                     report(item)
                     continue
                 try:
-                    record(write_one(im, item, ex, pos[id(item)], out, names(item.path), method, layer, upsample))
+                    stem = names(item.path)
+                    record(write_one(im, item, ex, pos[id(item)], out, stem, method, layer, upsample))
+                    if eb is not None:
+                        assert item.image is not None
+                        view = model_view(item.image, im.card.input, VIEW)
+                        page, rows = image_record(eb, pos[id(item)], view, stem, im.class_names, ex.maps.shape[-2:])
+                        np.save(out / page["query_file"], rows)
+                        pages.append(page)
                     done += 1
                 except OSError as e:
                     item.error = f"cannot write output: {e}"
@@ -194,4 +213,6 @@ def run_attention(
         from vit_app.explain.report import write_report
 
         write_report(out)
+        if pages:
+            write_explorer(out, pages, _explorer_meta(im, head_fusion))
     return Counts(done, failed, len(found.skipped))
