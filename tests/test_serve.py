@@ -212,3 +212,17 @@ def test_page_in_headless_chromium(server: str, tiny_ckpt: Path, images: list[Pa
         assert severe == [], severe
     finally:
         driver.quit()
+
+
+def test_apis_answer_batched_and_unbatched_alike(tiny_ckpt: Path, images: list[Path]) -> None:
+    """--max-batch-size 1 makes LitServe call predict with one request, not a list: both must work."""
+    from vit_app.serve import ExplainAPI, PredictAPI
+
+    for api in (PredictAPI(str(tiny_ckpt)), ExplainAPI(str(tiny_ckpt))):
+        api.setup("cpu")
+        reqs = [api.decode_request({"image": base64.b64encode(p.read_bytes()).decode(), "query": {}}) for p in images]
+        batched = api.predict(reqs)
+        single = [api.predict(r) for r in reqs]
+        assert len(batched) == len(images)
+        for b, s in zip(batched, single):
+            assert _same(b["topk"], s["topk"])

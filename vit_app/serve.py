@@ -176,8 +176,14 @@ class PredictAPI(ls.LitAPI):
         except ValueError:
             return self.topk
 
+    def predict(self, inputs: Any) -> Any:
+        """A batch (a list of decoded requests; --max-batch-size > 1) or, unbatched, one decoded request."""
+        if isinstance(inputs, list):
+            return self.predict_batch(inputs)
+        return self.predict_batch([inputs])[0]
+
     @torch.no_grad()
-    def predict(self, inputs: list) -> list[dict[str, Any]]:
+    def predict_batch(self, inputs: list) -> list[dict[str, Any]]:
         x = torch.stack([t for t, _, _ in inputs]).to(self.im.device)
         probs = self.im.probs(x)
         out = []
@@ -193,7 +199,7 @@ class PredictAPI(ls.LitAPI):
 class ExplainAPI(PredictAPI):
     """POST /explain: the map of each upload (the requests of a batch that ask for the same map run together)."""
 
-    def predict(self, inputs: list) -> list[dict[str, Any]]:
+    def predict_batch(self, inputs: list) -> list[dict[str, Any]]:
         from vit_app.explain.engine import CLASS_SPECIFIC, DEFAULT_METHOD, explain, resolve_method
         from vit_app.explain.overlay import overlay
         from vit_app.explain.render import describe_map, resolve_class
