@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Side-by-side benchmark, in one process: our ViT vs timm's, the cost of explaining, the input pipeline, the
-slowdown check over a run, and `vit-app serve` with and without batching.
+"""Side-by-side benchmark, in one process: our ViT vs timm's, the attention path (SDPA or explicit) per case, the cost
+of explaining, the input pipeline, the slowdown check over a run, and `vit-app serve` with and without batching.
 
     python scripts/benchmark.py --quick --data-root ../shared/data        # < 3 minutes on 2 CPU cores
     python scripts/benchmark.py --rounds 8 --json bench.json              # more rounds
@@ -201,6 +201,59 @@ def hook_rollout_fn(model: TimmViT, x: torch.Tensor) -> Callable[[], object]:
         return out, result[:, 0, 1:]
 
     return run
+
+
+# (mode, tokens, batch, heads, head_dim): CIFAR recipe (33 tokens with half the patches dropped, 65 without),
+# 224/16 ViT-Ti (197 tokens); the cases explicit_attention_faster decides between
+ATTENTION_CASES = (
+    ("train", 33, 128, 4, 32), ("train", 65, 128, 4, 32), ("train", 197, 16, 3, 64),
+    ("infer", 33, 64, 4, 32), ("infer", 65, 64, 4, 32), ("infer", 197, 8, 3, 64),
+)  # fmt: skip
+
+
+def _attention_fn(path: str, qkv: list[torch.Tensor], train: bool, bf16: bool, device: torch.device) -> Callable:
+    """One attention call (forward, and backward in training) by SDPA or by the explicit softmax(q k^T / sqrt(d)) v."""
+    q, k, v = qkv
+    scale = q.shape[-1] ** -0.5
+
+    def call() -> object:
+        with _autocast(device, bf16), torch.set_grad_enabled(train):
+            if path == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v)
+            else:
+                out = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        if train:
+            out.float().sum().backward()
+        return out
+
+    return call
+
+
+def attention_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """SDPA against the explicit path, on the same q, k, v: the choice Attention makes per case."""
+    rows = []
+    for precision in ("fp32", "bf16"):
+        for mode, tokens, batch, heads, hd in ATTENTION_CASES:
+            g = torch.Generator().manual_seed(0)
+            train = mode == "train"
+            qkv = [torch.randn(batch, heads, tokens, hd, generator=g).to(device).requires_grad_(train) for _ in "qkv"]
+            fns = {p: _attention_fn(p, qkv, train, precision == "bf16", device) for p in ("sdpa", "explicit")}
+            t = interleaved(fns, 2 * args.rounds, 5 * args.iters, device)
+            rows.append(
+                {
+                    "section": "attention",
+                    "precision": precision,
+                    "mode": mode,
+                    "tokens": tokens,
+                    "batch": batch,
+                    "heads": f"{heads}x{hd}",
+                    "sdpa_ms": 1000 * t["sdpa"]["median"],
+                    "explicit_ms": 1000 * t["explicit"]["median"],
+                    "sdpa_over_explicit": t["sdpa"]["median"] / t["explicit"]["median"],
+                }
+            )
+            _print_row(rows[-1])
+    return rows
 
 
 def explain_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -461,6 +514,16 @@ def print_tables(rows: list[dict]) -> None:
                 f"{r['ours_img_s']:.0f} | {r['timm_img_s']:.0f} | {r['speed_ratio']:.2f} | "
                 f"{r['ours_peak_mb']:.0f} | {r['timm_peak_mb']:.0f} |"
             )
+    att = [r for r in rows if r["section"] == "attention"]
+    if att:
+        print("\n## Attention path (SDPA time / explicit softmax time: > 1 means the explicit path is faster)")
+        print("| precision | mode | tokens | batch | heads x dim | SDPA ms | explicit ms | SDPA / explicit |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in att:
+            print(
+                f"| {r['precision']} | {r['mode']} | {r['tokens']} | {r['batch']} | {r['heads']} | "
+                f"{r['sdpa_ms']:.2f} | {r['explicit_ms']:.2f} | {r['sdpa_over_explicit']:.2f} |"
+            )
     ex = [r for r in rows if r["section"] == "explain"]
     if ex:
         print(f"\n## Cost of explaining (ViT-Ti/16, 224 px, batch {ex[0]['batch']}, fp32; target <= 1.15x plain)")
@@ -512,7 +575,8 @@ def main() -> None:
     p.add_argument("--pipeline-batches", type=int, default=None)
     p.add_argument("--pipeline-model-batch", type=int, default=32, help="batch for the model side of pipeline rows")
     p.add_argument("--data-root", default=None, help="folder with cifar10/ and imagenette-mini/ for the pipeline rows")
-    p.add_argument("--only", nargs="+", choices=["model", "explain", "pipeline", "slowdown", "serve"], default=None)
+    sections = ["model", "attention", "explain", "pipeline", "slowdown", "serve"]
+    p.add_argument("--only", nargs="+", choices=sections, default=None)
     p.add_argument("--json", default="benchmark.json", help="where to write all rows")
     args = p.parse_args()
     args.rounds = args.rounds or (4 if args.quick else 8)
@@ -526,11 +590,11 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
     print(f"device: {device} ({name}); torch {torch.__version__}; threads: {threads}; rounds: {args.rounds}")
-    sections = args.only or ["model", "explain", "pipeline", "slowdown", "serve"]
+    sections = args.only or sections
     rows: list[dict] = []
     t0 = time.time()
-    sections_fns = (("model", model_rows), ("explain", explain_rows), ("pipeline", pipeline_rows),
-                    ("slowdown", slowdown_rows), ("serve", serve_rows))  # fmt: skip
+    sections_fns = (("model", model_rows), ("attention", attention_rows), ("explain", explain_rows),
+                    ("pipeline", pipeline_rows), ("slowdown", slowdown_rows), ("serve", serve_rows))  # fmt: skip
     for section, fn in sections_fns:
         if section in sections:
             t = time.time()

@@ -8,7 +8,14 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from vit_app.model import PRESETS, VisionTransformer, create_model, resample_pos_embed
+from vit_app.model import (
+    EXPLICIT_FP32_MAX_TOKENS,
+    PRESETS,
+    VisionTransformer,
+    create_model,
+    explicit_attention_faster,
+    resample_pos_embed,
+)
 
 PARITY_SHAPES = {
     "cifar_32_p4_cls": dict(img_size=32, patch_size=4, embed_dim=96, depth=3, num_heads=3, num_classes=10),
@@ -50,10 +57,27 @@ def test_timm_weights_load_strict_and_logits_match(name: str) -> None:
     assert feat_diff <= 1e-4 * scale
 
 
+def test_attention_path_rule_follows_the_measured_cases() -> None:
+    """SDPA or explicit per case (scripts/benchmark.py --only attention): explicit for fp32 inference at CIFAR-size
+    token counts and under CPU bf16 autocast in training; SDPA for fp32 training and long fp32 sequences."""
+    short, long = torch.zeros(2, 33, 64), torch.zeros(2, 197, 64)
+    assert explicit_attention_faster(short, training=False)
+    assert explicit_attention_faster(torch.zeros(2, EXPLICIT_FP32_MAX_TOKENS, 64), training=False)
+    assert not explicit_attention_faster(long, training=False)
+    assert not explicit_attention_faster(short, training=True)
+    assert not explicit_attention_faster(short.double(), training=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert explicit_attention_faster(long, training=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not explicit_attention_faster(short, training=False)
+
+
 def test_fused_and_explicit_attention_agree_and_maps_are_returned() -> None:
-    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4, num_classes=7).eval()
+    # 48 px / patch 4: 145 tokens, above EXPLICIT_FP32_MAX_TOKENS, so the fused forward really runs SDPA
+    m = VisionTransformer(img_size=48, patch_size=4, embed_dim=64, depth=3, num_heads=4, num_classes=7).eval()
     _randomize(m)
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(4, 3, 48, 48)
+    assert not explicit_attention_faster(torch.zeros(4, 145, 64), training=False)
     with torch.no_grad():
         fused = m(x)
         m.set_fused_attn(False)
@@ -65,8 +89,8 @@ def test_fused_and_explicit_attention_agree_and_maps_are_returned() -> None:
     assert (logits - fused).abs().max().item() <= tol
     assert len(attns) == 3
     for a in attns:
-        assert a.shape == (4, 4, 65, 65)
-        torch.testing.assert_close(a.sum(-1), torch.ones(4, 4, 65), atol=1e-5, rtol=0)
+        assert a.shape == (4, 4, 145, 145)
+        torch.testing.assert_close(a.sum(-1), torch.ones(4, 4, 145), atol=1e-5, rtol=0)
         assert (a >= 0).all()
 
 

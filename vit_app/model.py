@@ -224,15 +224,20 @@ def _cpu_has_amx() -> bool:
         return False
 
 
+EXPLICIT_FP32_MAX_TOKENS = 65  # CIFAR-size token counts (32 px, patch 4: 64 patches + class token)
+
+
 def explicit_attention_faster(x: Tensor, training: bool) -> bool:
-    """Whether the explicit softmax path beats SDPA here, by measurement (scripts/benchmark.py, "attention path").
-    Only under CPU bf16 autocast does it: in training on AVX512-BF16 and AMX CPUs alike (about 2x), in inference on
-    AVX512-BF16 CPUs (AMD Zen 4: ours 1.09-1.46x timm's SDPA) but not with AMX (Intel Xeon: 0.91-0.96x)."""
-    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+    """Whether the explicit softmax path beats SDPA here, by measurement (`scripts/benchmark.py --only attention`).
+    Under CPU bf16 autocast it does, in training on AVX512-BF16 and AMX CPUs alike (AMD Zen 5: 2.9-7.0x), and in
+    inference on AVX512-BF16 CPUs (Zen 5: 2.2-2.8x; Zen 4 model rows 1.09-1.46x timm) but not with AMX (Intel Xeon:
+    ours 0.91-0.96x timm's SDPA). In fp32 it does in inference at CIFAR-size token counts (Zen 5: 1.66x at 33
+    tokens, 1.17x at 65; 0.98x at 197), never in training (SDPA 1.1-1.35x faster there)."""
+    if x.device.type != "cpu":
         return False
-    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
-        return False
-    return training or not _cpu_has_amx()
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") == torch.bfloat16 and (training or not _cpu_has_amx())
+    return x.dtype == torch.float32 and not training and x.shape[1] <= EXPLICIT_FP32_MAX_TOKENS
 
 
 class Attention(nn.Module):
