@@ -80,7 +80,9 @@ def test_nan_loss_stops_with_a_message(tmp_path: Path) -> None:
 @pytest.mark.parametrize("loader", ["memory", "torch"])
 def test_ddp_two_processes_equal_one_process(tmp_path: Path, loader: str) -> None:
     common = ["--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--model.drop_path_rate", "0.0"]
-    common += ["--data.loader", loader]
+    # AdamW: Muon's Newton-Schulz runs in bf16 on bf16 CPUs, where two processes' sums in another order differ by
+    # more than the tolerance; this test is about DDP, not the optimiser
+    common += ["--data.loader", loader, "--model.optimizer", "adamw"]
     one = _fit(tmp_path, [*common, *_callback("SaveWeights", path=tmp_path / "one.pt")], name="one")
     assert one.returncode == 0, one.stderr[-3000:]
     ddp = [*common, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "8"]

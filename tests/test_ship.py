@@ -162,7 +162,7 @@ def test_test_command_writes_confusion_matrix_and_per_class_table(tiny_ckpt: Pat
     args += ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]
     args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "40"]
     args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
-    args += ["--eval_report.output_dir", str(out)]
+    args += ["--eval_report.output_dir", str(out), "--trainer.precision", "32-true"]  # the reference's numerics
     cli = build_cli(args)
     # The reference: the checkpoint loaded for inference, over the same test batches.
     model = load_for_inference(tiny_ckpt).model
