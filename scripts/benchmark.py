@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 
+import vit_app.model as vit_model  # noqa: E402
 from vit_app.explain.rollout import attention_rollout  # noqa: E402
 from vit_app.model import VisionTransformer  # noqa: E402
 
@@ -211,17 +212,24 @@ ATTENTION_CASES = (
 )  # fmt: skip
 
 
-def _attention_fn(path: str, qkv: list[torch.Tensor], train: bool, bf16: bool, device: torch.device) -> Callable:
-    """One attention call (forward, and backward in training) by SDPA or by the explicit softmax(q k^T / sqrt(d)) v."""
-    q, k, v = qkv
-    scale = q.shape[-1] ** -0.5
+def _attention_fn(
+    path: str, packed: torch.Tensor, heads: int, train: bool, bf16: bool, device: torch.device
+) -> Callable:
+    """One attention call (forward, and backward in training) by SDPA or by the explicit softmax(q k^T / sqrt(d)) v,
+    laid out as in `Attention.forward`: q, k, v are strided views of one (B, N, 3 D) qkv output, and the result is
+    put back to (B, N, D)."""
+    B, N, three_d = packed.shape
+    hd = three_d // (3 * heads)
+    scale = hd**-0.5
 
     def call() -> object:
         with _autocast(device, bf16), torch.set_grad_enabled(train):
+            q, k, v = packed.reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, hd)
             if path == "sdpa":
                 out = F.scaled_dot_product_attention(q, k, v)
             else:
                 out = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+            out = out.transpose(1, 2).reshape(B, N, heads * hd)  # (B, N, D)
         if train:
             out.float().sum().backward()
         return out
@@ -230,14 +238,15 @@ def _attention_fn(path: str, qkv: list[torch.Tensor], train: bool, bf16: bool, d
 
 
 def attention_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """SDPA against the explicit path, on the same q, k, v: the choice Attention makes per case."""
+    """SDPA against the explicit path, on the same qkv projection output: the choice Attention makes per case."""
     rows = []
     for precision in ("fp32", "bf16"):
         for mode, tokens, batch, heads, hd in ATTENTION_CASES:
             g = torch.Generator().manual_seed(0)
             train = mode == "train"
-            qkv = [torch.randn(batch, heads, tokens, hd, generator=g).to(device).requires_grad_(train) for _ in "qkv"]
-            fns = {p: _attention_fn(p, qkv, train, precision == "bf16", device) for p in ("sdpa", "explicit")}
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the qkv Linear's output dtype
+            packed = torch.randn(batch, tokens, 3 * heads * hd, generator=g).to(device, dtype).requires_grad_(train)
+            fns = {p: _attention_fn(p, packed, heads, train, precision == "bf16", device) for p in ("sdpa", "explicit")}
             t = interleaved(fns, 2 * args.rounds, 5 * args.iters, device)
             rows.append(
                 {
@@ -250,6 +259,62 @@ def attention_rows(args: argparse.Namespace, device: torch.device) -> list[dict]
                     "sdpa_ms": 1000 * t["sdpa"]["median"],
                     "explicit_ms": 1000 * t["explicit"]["median"],
                     "sdpa_over_explicit": t["sdpa"]["median"] / t["explicit"]["median"],
+                }
+            )
+            _print_row(rows[-1])
+    return rows
+
+
+# Whole models in inference, one attention path forced against the other: (name, model arguments, 224 px or not)
+ATTENTION_MODELS = (
+    ("128x6 avg-pool (cifar10_cpu)", dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
+                                          mlp_ratio=2.0, class_token=False, global_pool="avg"), False),
+    ("ViT-Ti 32/4", dict(**SIZES["ViT-Ti"], **RESOLUTIONS["32/4"]), False),
+    ("ViT-Ti 224/16", dict(**SIZES["ViT-Ti"], **RESOLUTIONS["224/16"]), True),
+)  # fmt: skip
+
+
+def _forced_path_fn(model: VisionTransformer, x: torch.Tensor, path: str, bf16: bool, device: torch.device) -> Callable:
+    """A no-grad forward with every block on one attention path, whatever explicit_attention_faster would pick."""
+
+    def call() -> object:
+        rule = vit_model.explicit_attention_faster
+        vit_model.explicit_attention_faster = lambda _x, _training: path == "explicit"
+        try:
+            with torch.no_grad(), _autocast(device, bf16):
+                return model(x)
+        finally:
+            vit_model.explicit_attention_faster = rule
+
+    return call
+
+
+def attention_model_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """The same choice in whole models (the qkv projection, the strided q, k, v, the MLP around them): inference."""
+    rows = []
+    for name, kw, big in ATTENTION_MODELS:
+        torch.manual_seed(0)
+        model = VisionTransformer(**kw).to(device).eval()
+        batch = args.batch_224 if big else args.batch_cifar
+        x = torch.randn(batch, 3, kw["img_size"], kw["img_size"], device=device)
+        tokens = (kw["img_size"] // kw["patch_size"]) ** 2 + int(kw.get("class_token", True))
+        for precision in ("fp32", "bf16"):
+            bf16 = precision == "bf16"
+            fns = {p: _forced_path_fn(model, x, p, bf16, device) for p in ("sdpa", "explicit")}
+            t = interleaved(fns, args.rounds, args.iters, device)
+            with _autocast(device, bf16):
+                rule = vit_model.explicit_attention_faster(torch.zeros(1, tokens, 1, device=device), False)
+            rows.append(
+                {
+                    "section": "attention_model",
+                    "model": name,
+                    "tokens": tokens,
+                    "precision": precision,
+                    "batch": batch,
+                    "sdpa_ms": 1000 * t["sdpa"]["median"],
+                    "explicit_ms": 1000 * t["explicit"]["median"],
+                    "sdpa_over_explicit": t["sdpa"]["median"] / t["explicit"]["median"],
+                    "rule": "explicit" if rule else "SDPA",
                 }
             )
             _print_row(rows[-1])
@@ -502,64 +567,67 @@ def _print_row(r: dict) -> None:
     print("  " + "  ".join(cells), flush=True)
 
 
-def print_tables(rows: list[dict]) -> None:
-    model = [r for r in rows if r["section"] == "model"]
-    if model:
-        print("\n## Our ViT vs timm (same arguments, same weights; ratio = timm time / our time, >= 1.0 is the target)")
-        print("| model | res | precision | mode | batch | ours img/s | timm img/s | ratio | ours MiB | timm MiB |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in model:
-            print(
-                f"| {r['model']} | {r['res']} | {r['precision']} | {r['mode']} | {r['batch']} | "
-                f"{r['ours_img_s']:.0f} | {r['timm_img_s']:.0f} | {r['speed_ratio']:.2f} | "
-                f"{r['ours_peak_mb']:.0f} | {r['timm_peak_mb']:.0f} |"
-            )
-    att = [r for r in rows if r["section"] == "attention"]
-    if att:
-        print("\n## Attention path (SDPA time / explicit softmax time: > 1 means the explicit path is faster)")
-        print("| precision | mode | tokens | batch | heads x dim | SDPA ms | explicit ms | SDPA / explicit |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in att:
-            print(
-                f"| {r['precision']} | {r['mode']} | {r['tokens']} | {r['batch']} | {r['heads']} | "
-                f"{r['sdpa_ms']:.2f} | {r['explicit_ms']:.2f} | {r['sdpa_over_explicit']:.2f} |"
-            )
-    ex = [r for r in rows if r["section"] == "explain"]
-    if ex:
-        print(f"\n## Cost of explaining (ViT-Ti/16, 224 px, batch {ex[0]['batch']}, fp32; target <= 1.15x plain)")
-        print("| what | median ms | min ms | x plain forward | peak MiB |")
-        print("|---|---|---|---|---|")
-        for r in ex:
-            print(
-                f"| {r['what']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['x_plain']:.2f} | {r['peak_mb']:.0f} |"
-            )
-    pipe = [r for r in rows if r["section"] == "pipeline"]
-    if pipe:
-        print("\n## Input pipeline vs model (training, per shipped config; target: data >= 3x model)")
-        print("| config | loader | workers | data img/s | model img/s | precision | data / model |")
-        print("|---|---|---|---|---|---|---|")
-        for r in pipe:
-            print(
-                f"| {r['config']} | {r['loader']} | {r['workers']} | {r['data_img_s']:.0f} | "
-                f"{r['model_img_s']:.0f} | {r['precision']} | {r['data_over_model']:.1f} |"
-            )
+# Per section: the table's title (formatted with the first row) and its columns as (header, row key, format).
+TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "model": (
+        "Our ViT vs timm (same arguments, same weights; ratio = timm time / our time, >= 1.0 is the target)",
+        [("model", "model", ""), ("res", "res", ""), ("precision", "precision", ""), ("mode", "mode", ""),
+         ("batch", "batch", ""), ("ours img/s", "ours_img_s", ".0f"), ("timm img/s", "timm_img_s", ".0f"),
+         ("ratio", "speed_ratio", ".2f"), ("ours MiB", "ours_peak_mb", ".0f"), ("timm MiB", "timm_peak_mb", ".0f")],
+    ),
+    "attention": (
+        "Attention path (SDPA time / explicit softmax time: > 1 means the explicit path is faster)",
+        [("precision", "precision", ""), ("mode", "mode", ""), ("tokens", "tokens", ""), ("batch", "batch", ""),
+         ("heads x dim", "heads", ""), ("SDPA ms", "sdpa_ms", ".2f"), ("explicit ms", "explicit_ms", ".2f"),
+         ("SDPA / explicit", "sdpa_over_explicit", ".2f")],
+    ),
+    "attention_model": (
+        "Attention path in whole models, inference (one path forced; SDPA / explicit > 1: explicit is faster)",
+        [("model", "model", ""), ("tokens", "tokens", ""), ("precision", "precision", ""), ("batch", "batch", ""),
+         ("SDPA ms", "sdpa_ms", ".1f"), ("explicit ms", "explicit_ms", ".1f"),
+         ("SDPA / explicit", "sdpa_over_explicit", ".2f"), ("rule's path", "rule", "")],
+    ),
+    "explain": (
+        "Cost of explaining (ViT-Ti/16, 224 px, batch {batch}, fp32; target <= 1.15x plain)",
+        [("what", "what", ""), ("median ms", "median_ms", ".1f"), ("min ms", "min_ms", ".1f"),
+         ("x plain forward", "x_plain", ".2f"), ("peak MiB", "peak_mb", ".0f")],
+    ),
+    "pipeline": (
+        "Input pipeline vs model (training, per shipped config; target: data >= 3x model)",
+        [("config", "config", ""), ("loader", "loader", ""), ("workers", "workers", ""),
+         ("data img/s", "data_img_s", ".0f"), ("model img/s", "model_img_s", ".0f"), ("precision", "precision", ""),
+         ("data / model", "data_over_model", ".1f")],
+    ),
+    "slowdown": (
+        "Slowdown over a run (CIFAR recipe steps, timed in blocks beside a fixed matmul; target ~1.0)",
+        [("block", "block", ""), ("steps", "steps", ""), ("step ms", "step_ms", ".1f"),
+         ("reference ms", "reference_ms", ".2f"), ("step / reference", "step_over_reference", ".2f")],
+    ),
+    "serve": (
+        "vit-app serve: requests/s, 64 concurrent clients (batching vs one request at a time)",
+        [("requests", "requests", ""), ("batched (max 16) req/s", "batched_req_s", ".0f"),
+         ("one at a time req/s", "single_req_s", ".0f"), ("ratio", "ratio", ".2f")],
+    ),
+}  # fmt: skip
 
-    slow = [r for r in rows if r["section"] == "slowdown"]
-    if slow:
-        print("\n## Slowdown over a run (CIFAR recipe steps, timed in blocks beside a fixed matmul; target ~1.0)")
-        print("| block | steps | step ms | reference ms | step / reference |")
-        print("|---|---|---|---|---|")
-        for r in slow:
-            ms = "" if r["step_ms"] != r["step_ms"] else f"{r['step_ms']:.1f}"
-            ref = "" if r["reference_ms"] != r["reference_ms"] else f"{r['reference_ms']:.2f}"
-            print(f"| {r['block']} | {r['steps']} | {ms} | {ref} | {r['step_over_reference']:.2f} |")
-    serve = [r for r in rows if r["section"] == "serve"]
-    if serve:
-        print("\n## vit-app serve: requests/s, 64 concurrent clients (batching vs one request at a time)")
-        print("| requests | batched (max 16) req/s | one at a time req/s | ratio |")
-        print("|---|---|---|---|")
-        for r in serve:
-            print(f"| {r['requests']} | {r['batched_req_s']:.0f} | {r['single_req_s']:.0f} | {r['ratio']:.2f} |")
+
+def _cell(value: object, fmt: str) -> str:
+    if isinstance(value, float) and value != value:  # NaN: not measured in this block
+        return ""
+    return format(value, fmt)
+
+
+def print_tables(rows: list[dict]) -> None:
+    """One markdown table per section that has rows, in TABLES' order."""
+    for section, (title, columns) in TABLES.items():
+        part = [r for r in rows if r["section"] == section]
+        if not part:
+            continue
+        print("\n## " + title.format(**part[0]))
+        print("| " + " | ".join(h for h, _, _ in columns) + " |")
+        print("|" + "---|" * len(columns))
+        for r in part:
+            print("| " + " | ".join(_cell(r[k], f) for _, k, f in columns) + " |")
 
 
 def main() -> None:
@@ -599,6 +667,8 @@ def main() -> None:
         if section in sections:
             t = time.time()
             rows += fn(args, device)
+            if section == "attention":
+                rows += attention_model_rows(args, device)
             print(f"  ({section}: {time.time() - t:.0f} s)", flush=True)
     print_tables(rows)
     meta = {"device": str(device), "name": name, "threads": threads, "rounds": args.rounds, "seconds": time.time() - t0}

@@ -8,8 +8,9 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+import vit_app.model as vit_model
 from vit_app.model import (
-    EXPLICIT_FP32_MAX_TOKENS,
+    EXPLICIT_MAX_TOKENS,
     PRESETS,
     VisionTransformer,
     create_model,
@@ -57,23 +58,28 @@ def test_timm_weights_load_strict_and_logits_match(name: str) -> None:
     assert feat_diff <= 1e-4 * scale
 
 
-def test_attention_path_rule_follows_the_measured_cases() -> None:
-    """SDPA or explicit per case (scripts/benchmark.py --only attention): explicit for fp32 inference at CIFAR-size
-    token counts and under CPU bf16 autocast in training; SDPA for fp32 training and long fp32 sequences."""
+@pytest.mark.parametrize("amx", [True, False])
+def test_attention_path_rule_follows_the_measured_cases(monkeypatch: pytest.MonkeyPatch, amx: bool) -> None:
+    """SDPA or explicit per case (scripts/benchmark.py --only attention, README): explicit under CPU bf16 autocast in
+    training; in inference only without AMX (bf16 at any length, fp32 at CIFAR-size token counts); SDPA otherwise."""
+    monkeypatch.setattr(vit_model, "_cpu_has_amx", lambda: amx)
     short, long = torch.zeros(2, 33, 64), torch.zeros(2, 197, 64)
-    assert explicit_attention_faster(short, training=False)
-    assert explicit_attention_faster(torch.zeros(2, EXPLICIT_FP32_MAX_TOKENS, 64), training=False)
+    assert explicit_attention_faster(short, training=False) is (not amx)
+    assert explicit_attention_faster(torch.zeros(2, EXPLICIT_MAX_TOKENS, 64), training=False) is (not amx)
     assert not explicit_attention_faster(long, training=False)
     assert not explicit_attention_faster(short, training=True)
     assert not explicit_attention_faster(short.double(), training=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert explicit_attention_faster(long, training=True)
+        assert explicit_attention_faster(short, training=True)
+        assert explicit_attention_faster(short, training=False) is (not amx)
+        assert explicit_attention_faster(long, training=False) is (not amx)
     with torch.autocast("cpu", dtype=torch.float16):
         assert not explicit_attention_faster(short, training=False)
 
 
 def test_fused_and_explicit_attention_agree_and_maps_are_returned() -> None:
-    # 48 px / patch 4: 145 tokens, above EXPLICIT_FP32_MAX_TOKENS, so the fused forward really runs SDPA
+    # 48 px / patch 4: 145 tokens, above EXPLICIT_MAX_TOKENS, so the fused forward really runs SDPA
     m = VisionTransformer(img_size=48, patch_size=4, embed_dim=64, depth=3, num_heads=4, num_classes=7).eval()
     _randomize(m)
     x = torch.randn(4, 3, 48, 48)
@@ -92,6 +98,23 @@ def test_fused_and_explicit_attention_agree_and_maps_are_returned() -> None:
         assert a.shape == (4, 4, 145, 145)
         torch.testing.assert_close(a.sum(-1), torch.ones(4, 4, 145), atol=1e-5, rtol=0)
         assert (a >= 0).all()
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+def test_head_fused_maps_equal_the_full_maps_fused(fusion: str) -> None:
+    """forward_with_attention(head_fusion=...) reduces each block's map inside the block: same maps, same logits."""
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3).eval()
+    _randomize(m)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, full = m.forward_with_attention(x)
+        fused_logits, fused = m.forward_with_attention(x, head_fusion=fusion)
+    reduce = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}[fusion]
+    torch.testing.assert_close(fused_logits, logits, rtol=0, atol=0)
+    assert len(fused) == 2
+    for f, a in zip(fused, full, strict=True):
+        assert a.shape == (2, 4, 17, 17) and f.shape == (2, 17, 17)
+        torch.testing.assert_close(f, reduce(a, dim=1), rtol=0, atol=0)
 
 
 def test_attention_maps_are_the_ones_used_for_the_output() -> None:

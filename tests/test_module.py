@@ -70,3 +70,14 @@ def test_patch_drop_end_is_checked() -> None:
         ViTClassifier(patch_drop_rate=1.5)
     m = ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2, patch_drop_rate=0.5)
     assert m.model.patch_drop_rate == 0.5 and m.model_config.patch_drop_rate == 0.5
+
+
+def test_muon_settings_reach_the_optimiser_and_are_checked() -> None:
+    m = ViTClassifier(arch="vit_cifar_tiny", depth=1, optimizer="muon", muon_momentum=0.9, muon_ns_steps=3)
+    opt = m.build_optimizer()
+    muon_groups = [g for g in opt.param_groups if g.get("muon")]
+    assert muon_groups and all(g["momentum"] == 0.9 and g["ns_steps"] == 3 for g in muon_groups)
+    with pytest.raises(ConfigError, match=r"model.muon_momentum must be in \[0, 1\), got 1.0"):
+        ViTClassifier(optimizer="muon", muon_momentum=1.0)
+    with pytest.raises(ConfigError, match="model.muon_ns_steps must be 1 or more, got 0"):
+        ViTClassifier(optimizer="muon", muon_ns_steps=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -224,20 +225,21 @@ def _cpu_has_amx() -> bool:
         return False
 
 
-EXPLICIT_FP32_MAX_TOKENS = 65  # CIFAR-size token counts (32 px, patch 4: 64 patches + class token)
+EXPLICIT_MAX_TOKENS = 65  # CIFAR-size token counts (32 px, patch 4: 64 patches + class token)
 
 
 def explicit_attention_faster(x: Tensor, training: bool) -> bool:
-    """Whether the explicit softmax path beats SDPA here, by measurement (`scripts/benchmark.py --only attention`).
-    Under CPU bf16 autocast it does, in training on AVX512-BF16 and AMX CPUs alike (AMD Zen 5: 2.9-7.0x), and in
-    inference on AVX512-BF16 CPUs (Zen 5: 2.2-2.8x; Zen 4 model rows 1.09-1.46x timm) but not with AMX (Intel Xeon:
-    ours 0.91-0.96x timm's SDPA). In fp32 it does in inference at CIFAR-size token counts (Zen 5: 1.66x at 33
-    tokens, 1.17x at 65; 0.98x at 197), never in training (SDPA 1.1-1.35x faster there)."""
+    """Whether the explicit softmax path beats SDPA here, by measurement (`scripts/benchmark.py --only attention`
+    and whole-model A/B runs; tables in the README). Training under CPU bf16 autocast: explicit, on AVX512-BF16 and
+    AMX CPUs alike (SDPA / explicit: AMD Zen 5 2.9-7.0x, Intel Xeon with AMX 2.3-6.9x). Inference without AMX:
+    explicit under bf16 (Zen 5 2.2-2.8x) and in fp32 at CIFAR-size token counts (Zen 5 1.66x at 33 tokens, 1.17x at
+    65, 0.98x at 197). Inference with AMX: SDPA (whole ViTs on the Xeon, SDPA / explicit 0.91-0.96x bf16, 0.82-1.04x
+    fp32). fp32 training: SDPA everywhere (1.1-1.5x faster)."""
     if x.device.type != "cpu":
         return False
     if torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu") == torch.bfloat16 and (training or not _cpu_has_amx())
-    return x.dtype == torch.float32 and not training and x.shape[1] <= EXPLICIT_FP32_MAX_TOKENS
+    return x.dtype == torch.float32 and not training and x.shape[1] <= EXPLICIT_MAX_TOKENS and not _cpu_has_amx()
 
 
 class Attention(nn.Module):
@@ -286,6 +288,10 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
+HeadFusion = Literal["mean", "max", "min"]
+_FUSE: dict[str, Callable[..., Tensor]] = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each with optional drop-path."""
 
@@ -307,8 +313,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: Tensor, need_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, need_attn: bool = False, head_fusion: HeadFusion | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         y, attn = self.attn(self.norm1(x), need_attn)
+        if attn is not None and head_fusion is not None:
+            attn = _FUSE[head_fusion](attn, dim=1)  # (B, T, T): the (B, h, T, T) map is freed before the MLP
         x = x + self.drop_path1(y)
         del y  # not alive through the MLP: with it alive, fp32 CPU inference ran 0.96x timm with 3x its page faults
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
@@ -435,9 +445,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_with_attention(
-        self, x: Tensor, head_fusion: Literal["mean", "max", "min"] | None = None
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward_with_attention(self, x: Tensor, head_fusion: HeadFusion | None = None) -> tuple[Tensor, list[Tensor]]:
         """Logits and each block's post-softmax attention, from the q and k that made the output.
 
         Maps are (B, heads, T, T); with `head_fusion` each is reduced over heads right away to (B, T, T), so only
@@ -445,10 +453,8 @@ class VisionTransformer(nn.Module):
         x = self._tokens(x)
         attentions: list[Tensor] = []
         for blk in self.blocks:
-            x, attn = blk(x, need_attn=True)
+            x, attn = blk(x, need_attn=True, head_fusion=head_fusion)
             assert attn is not None
-            if head_fusion is not None:
-                attn = {"mean": attn.mean, "max": attn.amax, "min": attn.amin}[head_fusion](dim=1)
             attentions.append(attn)
         return self.forward_head(self.norm(x)), attentions
 

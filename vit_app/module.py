@@ -64,6 +64,9 @@ class ViTClassifier(L.LightningModule):
             the last part trains on every token, as evaluation sees them. 1.0 = dropout to the end.
         optimizer: "adamw", or "muon": Muon (orthogonalised momentum) for the blocks' weight matrices and AdamW for
             the rest, at the same lr and weight_decay (Muon's step is scaled to AdamW's size).
+        muon_momentum: Muon's (Nesterov) momentum.
+        muon_ns_steps: Newton-Schulz iterations that orthogonalise each Muon update (fewer: a cheaper step, a
+            rougher orthogonalisation).
         lr: peak learning rate.
         weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
@@ -116,6 +119,8 @@ class ViTClassifier(L.LightningModule):
         attn_init: Literal["trunc_normal", "mimetic"] = "trunc_normal",
         patch_drop_end: float = 1.0,
         optimizer: OptimizerName = "adamw",
+        muon_momentum: float = 0.95,
+        muon_ns_steps: int = 5,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -138,6 +143,8 @@ class ViTClassifier(L.LightningModule):
             raise ConfigError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
         require(0.0 <= patch_drop_end <= 1.0, "model.patch_drop_end", "be in [0, 1]", patch_drop_end)
         require(lr > 0, "model.lr", "be > 0", lr)
+        require(0 <= muon_momentum < 1, "model.muon_momentum", "be in [0, 1)", muon_momentum)
+        require(muon_ns_steps >= 1, "model.muon_ns_steps", "be 1 or more", muon_ns_steps)
         require(weight_decay >= 0, "model.weight_decay", "be >= 0", weight_decay)
         require(all(0 <= b < 1 for b in betas), "model.betas", "be two numbers in [0, 1)", list(betas))
         require(warmup_epochs >= 0, "model.warmup_epochs", "be >= 0", warmup_epochs)
@@ -265,7 +272,8 @@ class ViTClassifier(L.LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay)
+        return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay,
+                               hp.muon_momentum, hp.muon_ns_steps)  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -199,8 +199,12 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999),
     layer_decay: float | None = None,
+    muon_momentum: float = 0.95,
+    muon_ns_steps: int = 5,
 ) -> torch.optim.Optimizer:
     """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
     muon = name == "muon"
     groups = param_groups(model, weight_decay, lr, layer_decay, muon=muon)
-    return MuonAdamW(groups, lr, betas) if muon else torch.optim.AdamW(groups, lr=lr, betas=betas)
+    if muon:
+        return MuonAdamW(groups, lr, betas, momentum=muon_momentum, ns_steps=muon_ns_steps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
