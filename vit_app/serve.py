@@ -29,6 +29,7 @@ from vit_app.data.images import ImageLoadError, load_image_bytes
 from vit_app.inference import load_for_inference, topk_records
 
 ROUTES = ("/predict", "/explain")
+DRAIN_FACTOR = 16  # an oversized upload is read (and dropped) up to this many times the limit before the 413
 
 
 class UploadGate:
@@ -43,16 +44,23 @@ class UploadGate:
         if scope["type"] != "http" or scope["path"] not in ROUTES or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body = bytearray()
+        body, seen = bytearray(), 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen <= self.max_bytes:
+                body += chunk
+            more = message.get("more_body", False)
+            # An upload over the limit is read to its end and thrown away (up to DRAIN_FACTOR times the limit)
+            # before the 413 goes out: closing on unread bytes resets the connection, and the client would see
+            # "connection reset" instead of the reason.
+            if seen > self.max_bytes and (not more or seen > DRAIN_FACTOR * self.max_bytes):
                 await _reply(send, 413, f"upload over the {self.max_bytes / 2**20:g} MiB limit (--max-upload-mb)")
                 return
-            if not message.get("more_body", False):
+            if not more:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
