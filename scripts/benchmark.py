@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,23 +32,13 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa:
 import vit_app.model as vit_model  # noqa: E402
 from vit_app.explain.rollout import attention_rollout  # noqa: E402
 from vit_app.model import VisionTransformer  # noqa: E402
+from vit_app.precision import cpu_description  # noqa: E402
 
 SIZES = {
     "ViT-Ti": dict(embed_dim=192, depth=12, num_heads=3),
     "ViT-S": dict(embed_dim=384, depth=12, num_heads=6),
 }
 RESOLUTIONS = {"32/4": dict(img_size=32, patch_size=4), "224/16": dict(img_size=224, patch_size=16)}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _rss_peak_kb() -> int:
@@ -656,7 +645,7 @@ def main() -> None:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_description()
     print(f"device: {device} ({name}); torch {torch.__version__}; threads: {threads}; rounds: {args.rounds}")
     sections = args.only or sections
     rows: list[dict] = []

@@ -294,3 +294,20 @@ def test_precision_follows_a_capability_rule(monkeypatch: pytest.MonkeyPatch) ->
     assert [precision.choose_precision("auto")[0] for _ in range(3)] == ["bf16-mixed"] * 3
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     assert precision.choose_precision("cpu")[0] == "32-true"
+
+
+def test_cpu_description_names_family_model_and_bf16(tmp_path: Path) -> None:
+    from vit_app.precision import cpu_description
+
+    block = "processor\t: {i}\ncpu family\t: {fam}\nmodel\t\t: {mod}\nmodel name\t: AMD EPYC\n"
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("".join(block.format(i=i, fam=25, mod=17) + "flags\t\t: avx512f avx512_bf16\n\n" for i in range(2)))
+    assert cpu_description(zen4) == "AMD EPYC (family 25 model 17; avx512_bf16)"
+    zen3 = tmp_path / "zen3"
+    zen3.write_text(block.format(i=0, fam=25, mod=1) + "flags\t\t: fpu avx2\n")
+    assert cpu_description(zen3) == "AMD EPYC (family 25 model 1; no native bf16)"
+    xeon = tmp_path / "xeon"
+    xeon.write_text("cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                    "flags\t\t: avx512_bf16 amx_bf16 amx_tile\n")  # fmt: skip
+    assert cpu_description(xeon) == "Intel(R) Xeon(R) Platinum 8480+ (family 6 model 143; amx_bf16, avx512_bf16)"
+    assert cpu_description(tmp_path / "missing")  # no /proc/cpuinfo: the machine type, never an error

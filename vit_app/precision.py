@@ -7,7 +7,34 @@ where they have native bf16 arithmetic (AVX512-BF16 or AMX), else fp32.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU as figures should name it, e.g. "AMD EPYC (family 25 model 17; avx512_bf16)": a VM's model name alone
+    ("AMD EPYC") does not tell a Zen 3 from a Zen 5. Falls back to the machine type where /proc/cpuinfo is missing."""
+    import platform
+
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough: the cores of one VM are alike
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    detail = []
+    if "cpu family" in fields and "model" in fields:
+        detail.append(f"family {fields['cpu family']} model {fields['model']}")
+    detail.append(", ".join(bf16) if bf16 else "no native bf16")
+    return f"{name} ({'; '.join(detail)})"
 
 
 def cpu_supports_bf16() -> bool:
