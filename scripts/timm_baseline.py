@@ -7,7 +7,7 @@ The recipe: timm's VisionTransformer, 6 blocks x 128 wide, 4 heads, 4-px patches
 bf16 autocast where the CPU has native bf16 (AVX512-BF16 or AMX), else fp32 (vit-app's own rule); the training set
 held in memory as uint8, each image randomly cropped (4-px reflect padding) and flipped, the batch augmented at once;
 batch 128; AdamW (lr 1e-3, weight decay 0.05 on weight matrices only, betas 0.9 / 0.999); linear warm-up over the
-first 5 % of the budget, then a cosine to zero that ends with it; label smoothing 0.1. Nothing here is vit-app's.
+first 5 % of the budget, then a cosine to zero that ends with it; label smoothing 0.1. None of the recipe is ours.
 
 The test split is never seen during the budget: the weights are kept at the end of every epoch (in memory) and
 scored afterwards, which gives the test curve (accuracy against the minute it was reached) and the time to each
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torchvision.datasets import CIFAR10
 
-from vit_app.precision import cpu_description  # names the CPU in the JSON; the recipe is none of vit-app's
+from vit_app.precision import cpu_description, cpu_supports_bf16  # the CPU's facts; the recipe is none of vit-app's
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -51,13 +51,6 @@ def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor
     out = xp.permute(0, 2, 3, 1)[torch.arange(B)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     flip = torch.rand(B, generator=g) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
-
-
-def cpu_bf16() -> bool:
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
 
 
 @torch.no_grad()
@@ -84,7 +77,7 @@ def main() -> None:
     p.add_argument("--json", default="timm_baseline.json")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    bf16 = cpu_bf16() if args.precision == "auto" else args.precision == "bf16"
+    bf16 = cpu_supports_bf16() if args.precision == "auto" else args.precision == "bf16"
 
     train, test = CIFAR10(args.data_root, train=True), CIFAR10(args.data_root, train=False)
     xtr = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()  # (50000, 3, 32, 32) uint8
