@@ -17,7 +17,7 @@ from vit_app.card import CARD_KEY, ModelCard, Provenance, read_card
 from vit_app.data.transforms import InputSpec
 from vit_app.errors import CheckpointError, ConfigError, require
 from vit_app.model import PRESETS, VisionTransformer, ViTConfig, preset_config
-from vit_app.optim import OptimizerName, build_optimizer
+from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_optimizer
 from vit_app.pretrained import load_pretrained
 from vit_app.rng import rng_states, set_rng_states
 from vit_app.schedule import TrainingClock, warmup_cosine
@@ -119,8 +119,8 @@ class ViTClassifier(L.LightningModule):
         attn_init: Literal["trunc_normal", "mimetic"] = "trunc_normal",
         patch_drop_end: float = 1.0,
         optimizer: OptimizerName = "adamw",
-        muon_momentum: float = 0.95,
-        muon_ns_steps: int = 5,
+        muon_momentum: float = MUON_MOMENTUM,
+        muon_ns_steps: int = MUON_NS_STEPS,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),

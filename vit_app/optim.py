@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 OptimizerName = Literal["adamw", "muon"]
+MUON_MOMENTUM = 0.95  # Muon defaults (Keller Jordan's and PyTorch's), shared by every signature that takes them
+MUON_NS_STEPS = 5
 
 
 def is_muon_param(name: str, p: torch.Tensor) -> bool:
@@ -72,9 +74,9 @@ class BatchedMuon(torch.optim.Optimizer):
         self,
         params: Any,
         lr: float,
-        momentum: float = 0.95,
+        momentum: float = MUON_MOMENTUM,
         weight_decay: float = 0.0,
-        ns_steps: int = 5,
+        ns_steps: int = MUON_NS_STEPS,
         dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True,
@@ -120,8 +122,8 @@ class MuonAdamW(torch.optim.Optimizer):
         groups: list[dict[str, Any]],
         lr: float,
         betas: tuple[float, float] = (0.9, 0.999),
-        momentum: float = 0.95,
-        ns_steps: int = 5,
+        momentum: float = MUON_MOMENTUM,
+        ns_steps: int = MUON_NS_STEPS,
         ns_dtype: torch.dtype | None = None,
     ) -> None:
         muon = [g for g in groups if g.get("muon")]
@@ -199,8 +201,8 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999),
     layer_decay: float | None = None,
-    muon_momentum: float = 0.95,
-    muon_ns_steps: int = 5,
+    muon_momentum: float = MUON_MOMENTUM,
+    muon_ns_steps: int = MUON_NS_STEPS,
 ) -> torch.optim.Optimizer:
     """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
     muon = name == "muon"

@@ -7,6 +7,7 @@ where they have native bf16 arithmetic (AVX512-BF16 or AMX), else fp32.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
@@ -15,7 +16,6 @@ import torch
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU as figures should name it, e.g. "AMD EPYC (family 25 model 17; avx512_bf16)": a VM's model name alone
     ("AMD EPYC") does not tell a Zen 3 from a Zen 5. Falls back to the machine type where /proc/cpuinfo is missing."""
-    import platform
 
     try:
         text = Path(cpuinfo).read_text()

@@ -1,32 +1,21 @@
 """Attention rollout and its relatives: pure functions on the attention maps (and their gradients) the model returns.
 
-Nothing here knows about nn.Module. Every function is batched (each image gets its own discard) and runs on
-whatever device its inputs are on. Token order is [class token] [registers] patches; `num_prefix_tokens` counts the
-first two, and `cls` says whether a class token is first (the read-out is its row; without one, the mean of the
-patch rows). The default (None) assumes a class token whenever there are prefix tokens.
+Nothing here knows about nn.Module (head fusion is the model's, re-exported here). Every function is batched
+(each image gets its own discard) and runs on whatever device its inputs are on. Token order is [class token]
+[registers] patches; `num_prefix_tokens` counts the first two, and `cls` says whether a class token is first (the
+read-out is its row; without one, the mean of the patch rows). The default (None) assumes a class token whenever
+there are prefix tokens.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-HeadFusion = Literal["mean", "max", "min"]
-
-
-def fuse_heads(attn: Tensor, head_fusion: HeadFusion = "mean") -> Tensor:
-    """(B, heads, T, T) -> (B, T, T) by mean, max or min over heads."""
-    if head_fusion == "mean":
-        return attn.mean(dim=1)
-    if head_fusion == "max":
-        return attn.amax(dim=1)
-    if head_fusion == "min":
-        return attn.amin(dim=1)
-    raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+from vit_app.model import HeadFusion, fuse_heads  # re-exported: the model fuses heads on the fly, rollout after
 
 
 def discard_lowest(attn: Tensor, ratio: float, num_prefix_tokens: int) -> Tensor:
