@@ -20,16 +20,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vit_app.inference import load_for_inference  # noqa: E402
+from vit_app.tta import TTA_CHOICES, tta_logits  # noqa: E402
 
 
 @torch.no_grad()
-def test_accuracy(ckpt: Path, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(test top-1, training minutes) of a checkpoint on uint8 images (N, 3, 32, 32)."""
+def test_accuracy(ckpt: Path, x: torch.Tensor, y: torch.Tensor, tta: str = "none") -> tuple[float, float]:
+    """(test top-1, training minutes) of a checkpoint on uint8 images (N, 3, 32, 32), with test-time augmentation
+    `tta` (vit_app.tta)."""
     m = load_for_inference(ckpt)
     mean = torch.tensor(m.card.input.mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(m.card.input.std).view(1, 3, 1, 1) * 255
-    correct = sum(int((m((x[i : i + 1000].float() - mean) / std).argmax(-1) == y[i : i + 1000]).sum())
-                  for i in range(0, len(y), 1000))  # fmt: skip
+    correct = 0
+    for i in range(0, len(y), 1000):
+        logits = tta_logits(m, (x[i : i + 1000].float() - mean) / std, tta)  # (<=1000, C)
+        correct += int((logits.argmax(-1) == y[i : i + 1000]).sum())
     return correct / len(y), float(m.card.provenance.train_minutes or float("nan"))
 
 
@@ -44,6 +48,12 @@ def main() -> None:
     p.add_argument("--data-root", required=True, help="folder holding cifar-10-batches-py/")
     p.add_argument("--baseline", help="timm_baseline.py's JSON, drawn beside this run")
     p.add_argument("--png", help="write the curves here")
+    p.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default="none",
+        help="test-time augmentation: flip averages each image's logits with its mirror's (default none)",
+    )
     p.add_argument("--json", help="write the curve here (default: RUN_DIR/test_curve.json)")
     args = p.parse_args()
     from torchvision.datasets import CIFAR10
@@ -56,7 +66,7 @@ def main() -> None:
     curve = []
     for c in ckpts:
         if c.exists():
-            acc, minutes = test_accuracy(c, x, y)
+            acc, minutes = test_accuracy(c, x, y, args.tta)
             curve.append({"checkpoint": c.name, "minutes": minutes, "test_acc1": acc})
             print(f"{c.name}: {minutes:.1f} min, test top-1 {100 * acc:.2f} %", flush=True)
     curve.sort(key=lambda r: r["minutes"])
@@ -65,7 +75,12 @@ def main() -> None:
         "time to: "
         + ", ".join(f"{k} %: {v:.1f} min" if v is not None else f"{k} %: not reached" for k, v in marks.items())
     )
-    out = {"curve": curve, "time_to_min": marks, "final_test_acc1": curve[-1]["test_acc1"] if curve else None}
+    out = {
+        "tta": args.tta,
+        "curve": curve,
+        "time_to_min": marks,
+        "final_test_acc1": curve[-1]["test_acc1"] if curve else None,
+    }
     Path(args.json or Path(args.run_dir) / "test_curve.json").write_text(json.dumps(out, indent=2))
     if args.png:
         import matplotlib

@@ -1,4 +1,4 @@
-"""Optimiser groups, schedule, precision choice and the non-finite-loss guard."""
+"""Optimiser groups, schedule, precision choice, the non-finite-loss guard and test-time augmentation."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vit_app.errors import ConfigError
 from vit_app.module import ViTClassifier
 from vit_app.optim import param_groups
 from vit_app.precision import choose_precision
 from vit_app.schedule import warmup_cosine
+from vit_app.tta import tta_logits
 
 
 def test_warmup_cosine_values() -> None:
@@ -81,3 +83,42 @@ def test_muon_settings_reach_the_optimiser_and_are_checked() -> None:
         ViTClassifier(optimizer="muon", muon_momentum=1.0)
     with pytest.raises(ConfigError, match="model.muon_ns_steps must be 1 or more, got 0"):
         ViTClassifier(optimizer="muon", muon_ns_steps=0)
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror() -> None:
+    def left_half(x: torch.Tensor) -> torch.Tensor:  # a "model" that sees only the left half of each image
+        return x[..., : x.shape[-1] // 2].mean(dim=(1, 2, 3)).unsqueeze(-1) * torch.tensor([1.0, -1.0])
+
+    x = torch.randn(5, 3, 8, 8)
+    right = x[..., 4:].mean(dim=(1, 2, 3)).unsqueeze(-1) * torch.tensor([1.0, -1.0])
+    torch.testing.assert_close(tta_logits(left_half, x, "none"), left_half(x))
+    torch.testing.assert_close(tta_logits(left_half, x, "flip"), 0.5 * (left_half(x) + right))
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rotate'; choose one of: none, flip"):
+        tta_logits(left_half, x, "rotate")
+    with pytest.raises(ConfigError, match="model.eval_tta must be one of none, flip, got 'rotate'"):
+        ViTClassifier(eval_tta="rotate")  # type: ignore[arg-type]
+
+
+def test_eval_tta_reaches_validation() -> None:
+    torch.manual_seed(0)
+    m = {
+        t: ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2, eval_tta=t)
+        for t in ("none", "flip")
+    }
+    torch.nn.init.normal_(m["none"].model.head.weight)  # the head starts at zero: give the logits something to say
+    m["flip"].model.load_state_dict(m["none"].model.state_dict())
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        plain = m["none"].model.eval()(x)
+        want = {
+            "none": F.cross_entropy(plain, y),
+            "flip": F.cross_entropy(0.5 * (plain + m["none"].model(x.flip(-1))), y),
+        }
+    assert abs(want["none"] - want["flip"]) > 1e-4  # the mirror changes the logits, so the settings can be told apart
+    for t in ("none", "flip"):
+        logged: dict[str, torch.Tensor] = {}
+        m[t].eval()
+        m[t].log = lambda name, value, _logged=logged, **k: _logged.__setitem__(name, value)  # no trainer
+        with torch.no_grad():
+            m[t].validation_step((x, y), 0)
+        torch.testing.assert_close(logged["val/loss"], want[t], rtol=1e-4, atol=1e-5)

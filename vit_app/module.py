@@ -21,6 +21,7 @@ from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_opt
 from vit_app.pretrained import load_pretrained
 from vit_app.rng import rng_states, set_rng_states
 from vit_app.schedule import TrainingClock, warmup_cosine
+from vit_app.tta import TTA, TTA_CHOICES, tta_logits
 
 # ViTClassifier arguments that are ViTConfig fields (timm's names): the CLI sets them from a checkpoint's card.
 ARCH_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "class_token", "reg_tokens",
@@ -89,6 +90,8 @@ class ViTClassifier(L.LightningModule):
             embeddings at lr * decay^(depth + 1), the head at lr. None = off.
         compile: run the training forward through torch.compile (worth it on GPUs; the weights and checkpoints
             are those of the plain model).
+        eval_tta: test-time augmentation in validation and test: "none", or "flip" (the mean of the logits of each
+            image and its mirror; twice the evaluation cost). Training and checkpoints do not change with it.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class ViTClassifier(L.LightningModule):
         pretrained: str | None = None,
         layer_decay: float | None = None,
         compile: bool = False,
+        eval_tta: TTA = "none",
     ) -> None:
         super().__init__()
         if arch not in PRESETS:
@@ -157,6 +161,7 @@ class ViTClassifier(L.LightningModule):
         require(time_budget_min is None or time_budget_min > 0, "model.time_budget_min", "be > 0", time_budget_min)
         require(layer_decay is None or 0 < layer_decay <= 1, "model.layer_decay", "be in (0, 1]", layer_decay)
         require(num_classes >= 1, "model.num_classes", "be 1 or more", num_classes)
+        require(eval_tta in TTA_CHOICES, "model.eval_tta", f"be one of {', '.join(TTA_CHOICES)}", eval_tta)
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if class_token is False and global_pool is None:  # no class token to pool: average the patch tokens
@@ -296,7 +301,7 @@ class ViTClassifier(L.LightningModule):
         x, y = batch[0], batch[1]
         if y.numel() == 0:
             return None
-        logits = self.eval_model(x).float()
+        logits = tta_logits(self.eval_model, x, self.hparams.eval_tta)
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
         acc1.update(logits, y)
         acc5.update(logits, y)
