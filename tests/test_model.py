@@ -58,22 +58,31 @@ def test_timm_weights_load_strict_and_logits_match(name: str) -> None:
     assert feat_diff <= 1e-4 * scale
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_attention_path_rule_follows_the_measured_cases(monkeypatch: pytest.MonkeyPatch, amx: bool) -> None:
+# The CPU kinds measured: (AMX, native bf16, AVX-512) = Intel Xeon with AMX, AMD Zen 4/5, AMD Zen 1 (AVX2 only)
+CPU_KINDS = {"xeon_amx": (True, True, True), "zen5": (False, True, True), "zen1": (False, False, False)}
+
+
+@pytest.mark.parametrize("kind", sorted(CPU_KINDS))
+def test_attention_path_rule_follows_the_measured_cases(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """SDPA or explicit per case (scripts/benchmark.py --only attention, README): explicit under CPU bf16 autocast in
-    training; in inference only without AMX (bf16 at any length, fp32 at CIFAR-size token counts); SDPA otherwise."""
+    training where the CPU has native bf16; in inference only on AVX-512 without AMX (bf16 at any length, fp32 at
+    CIFAR-size token counts); SDPA otherwise, and everywhere on an AVX2 CPU without native bf16."""
+    amx, native_bf16, avx512 = CPU_KINDS[kind]
     monkeypatch.setattr(vit_model, "_cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(vit_model, "_cpu_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(vit_model, "_cpu_has_avx512", lambda: avx512)
+    explicit_infer = kind == "zen5"
     short, long = torch.zeros(2, 33, 64), torch.zeros(2, 197, 64)
-    assert explicit_attention_faster(short, training=False) is (not amx)
-    assert explicit_attention_faster(torch.zeros(2, EXPLICIT_MAX_TOKENS, 64), training=False) is (not amx)
+    assert explicit_attention_faster(short, training=False) is explicit_infer
+    assert explicit_attention_faster(torch.zeros(2, EXPLICIT_MAX_TOKENS, 64), training=False) is explicit_infer
     assert not explicit_attention_faster(long, training=False)
     assert not explicit_attention_faster(short, training=True)
     assert not explicit_attention_faster(short.double(), training=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert explicit_attention_faster(long, training=True)
-        assert explicit_attention_faster(short, training=True)
-        assert explicit_attention_faster(short, training=False) is (not amx)
-        assert explicit_attention_faster(long, training=False) is (not amx)
+        assert explicit_attention_faster(long, training=True) is native_bf16
+        assert explicit_attention_faster(short, training=True) is native_bf16
+        assert explicit_attention_faster(short, training=False) is explicit_infer
+        assert explicit_attention_faster(long, training=False) is explicit_infer
     with torch.autocast("cpu", dtype=torch.float16):
         assert not explicit_attention_faster(short, training=False)
 

@@ -224,21 +224,43 @@ def _cpu_has_amx() -> bool:
         return False
 
 
+@functools.cache
+def _cpu_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without either, CPU bf16 is emulated and SDPA's kernel wins every case."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or _cpu_has_amx())
+    except AttributeError:
+        return False
+
+
+@functools.cache
+def _cpu_has_avx512() -> bool:
+    return "AVX512" in torch.backends.cpu.get_cpu_capability()
+
+
 EXPLICIT_MAX_TOKENS = 65  # CIFAR-size token counts (32 px, patch 4: 64 patches + class token)
 
 
 def explicit_attention_faster(x: Tensor, training: bool) -> bool:
     """Whether the explicit softmax path beats SDPA here, by measurement (`scripts/benchmark.py --only attention`
-    and whole-model A/B runs; tables in the README). Training under CPU bf16 autocast: explicit, on AVX512-BF16 and
-    AMX CPUs alike (SDPA / explicit: AMD Zen 5 2.9-7.0x, Intel Xeon with AMX 2.3-6.9x). Inference without AMX:
-    explicit under bf16 (Zen 5 2.2-2.8x) and in fp32 at CIFAR-size token counts (Zen 5 1.66x at 33 tokens, 1.17x at
-    65, 0.98x at 197). Inference with AMX: SDPA (whole ViTs on the Xeon, SDPA / explicit 0.91-0.96x bf16, 0.82-1.04x
-    fp32). fp32 training: SDPA everywhere (1.1-1.5x faster)."""
+    and whole-model A/B runs; tables in the README). CPU bf16 autocast with native bf16, training: explicit on
+    AVX512-BF16 and AMX CPUs alike (SDPA / explicit: AMD Zen 5 2.9-7.0x, Intel Xeon with AMX 2.3-6.9x); inference:
+    explicit without AMX (Zen 5 2.2-2.8x), SDPA with it (whole ViTs on the Xeon 0.91-0.96x). CPU bf16 without native
+    bf16 (emulated; AMD Zen 1, AVX2): SDPA (0.06-0.40x). fp32 inference: explicit at CIFAR-size token counts on
+    AVX-512 CPUs without AMX (Zen 5 1.66x at 33 tokens, 1.17x at 65, 0.98x at 197), SDPA with AMX (Xeon whole ViTs
+    0.82-1.04x) and on AVX2 (Zen 1 0.75-0.85x, whole models 0.95-0.98x). fp32 training: SDPA everywhere."""
     if x.device.type != "cpu":
         return False
     if torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu") == torch.bfloat16 and (training or not _cpu_has_amx())
-    return x.dtype == torch.float32 and not training and x.shape[1] <= EXPLICIT_MAX_TOKENS and not _cpu_has_amx()
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return bf16 and _cpu_native_bf16() and (training or not _cpu_has_amx())
+    return (
+        x.dtype == torch.float32
+        and not training
+        and x.shape[1] <= EXPLICIT_MAX_TOKENS
+        and _cpu_has_avx512()
+        and not _cpu_has_amx()
+    )
 
 
 class Attention(nn.Module):
