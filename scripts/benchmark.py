@@ -117,7 +117,7 @@ def model_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
             theirs = TimmViT(**kw).to(device)
             ours = VisionTransformer(**kw).to(device)
             ours.load_state_dict(theirs.state_dict(), strict=True)
-            for precision in ("fp32", "bf16"):
+            for precision in args.precisions:
                 for mode in ("train", "infer"):
                     bs = args.batch_cifar if res_name == "32/4" else args.batch_224
                     x = torch.randn(bs, 3, res["img_size"], res["img_size"], device=device)
@@ -635,6 +635,13 @@ def main() -> None:
     sections = ["model", "attention", "explain", "pipeline", "slowdown", "serve"]
     p.add_argument("--only", nargs="+", choices=sections, default=None)
     p.add_argument("--json", default="benchmark.json", help="where to write all rows")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32", "bf16"],
+        help="precisions of the model rows (bf16 is emulated, and slow, on a CPU without AVX512-BF16 or AMX)",
+    )
     args = p.parse_args()
     args.rounds = args.rounds or (4 if args.quick else 8)
     args.iters = args.iters or (1 if args.quick else 3)

@@ -69,3 +69,19 @@ def test_tables_leave_unmeasured_cells_blank(capsys: pytest.CaptureFixture[str])
     assert "| first | 20 | 12.3 |  | 1.00 |" in out
     assert "| 64 | 210 | 90 | 2.33 |" in out
     assert "## Slowdown over a run" in out and "| block | steps | step ms | reference ms | step / reference |" in out
+
+
+def test_model_rows_take_only_the_precisions_asked_for(tmp_path: Path) -> None:
+    """--precisions fp32: the 8 fp32 rows (2 sizes x 2 resolutions x train/infer) and no bf16 row."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--only", "model", "--precisions", "fp32"]
+    cmd += ["--rounds", "1", "--iters", "1", "--batch-cifar", "2", "--batch-224", "1", "--json", str(out)]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["section"] == "model"]
+    assert {r["precision"] for r in rows} == {"fp32"}
+    assert sorted((r["model"], r["res"], r["mode"]) for r in rows) == sorted(
+        (m, res, mode) for m in ("ViT-Ti", "ViT-S") for res in ("32/4", "224/16") for mode in ("train", "infer")
+    )
+    for r in rows:
+        assert r["speed_ratio"] == pytest.approx(r["ours_img_s"] / r["timm_img_s"])  # timm time / our time
