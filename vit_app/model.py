@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vit_app.precision import cpu_supports_bf16
+
 GlobalPool = Literal["token", "avg"]
 PosEmbedInit = Literal["learn", "sincos"]
 AttnInit = Literal["trunc_normal", "mimetic"]
@@ -227,10 +229,7 @@ def _cpu_has_amx() -> bool:
 @functools.cache
 def _cpu_native_bf16() -> bool:
     """AVX512-BF16 or AMX: without either, CPU bf16 is emulated and SDPA's kernel wins every case."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or _cpu_has_amx())
-    except AttributeError:
-        return False
+    return cpu_supports_bf16()
 
 
 @functools.cache
