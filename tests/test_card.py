@@ -296,6 +296,30 @@ def test_precision_follows_a_capability_rule(monkeypatch: pytest.MonkeyPatch) ->
     assert precision.choose_precision("cpu")[0] == "32-true"
 
 
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "native"),
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, True)],
+)
+def test_cpu_probes_combine_avx512_bf16_and_amx(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, native: bool
+) -> None:
+    from vit_app import precision
+
+    monkeypatch.setattr(precision.torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(precision.torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert precision.cpu_has_amx() is amx
+    assert precision.cpu_supports_bf16() is native
+
+
+def test_cpu_probes_missing_from_torch_mean_no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vit_app import precision
+
+    monkeypatch.delattr(precision.torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(precision.torch.cpu, "_is_amx_tile_supported")
+    assert precision.cpu_has_amx() is False
+    assert precision.cpu_supports_bf16() is False
+
+
 def test_cpu_description_names_family_model_and_bf16(tmp_path: Path) -> None:
     from vit_app.precision import cpu_description
 

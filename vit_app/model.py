@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vit_app.precision import cpu_supports_bf16
+from vit_app.precision import cpu_has_amx, cpu_supports_bf16
 
 GlobalPool = Literal["token", "avg"]
 PosEmbedInit = Literal["learn", "sincos"]
@@ -220,10 +220,7 @@ class PatchEmbed(nn.Module):
 
 @functools.cache
 def _cpu_has_amx() -> bool:
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
+    return cpu_has_amx()
 
 
 @functools.cache

@@ -37,12 +37,21 @@ def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return f"{name} ({'; '.join(detail)})"
 
 
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles (Intel Xeon, Sapphire Rapids and later)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch: no probe, assume not
+        return False
+
+
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        avx512_bf16 = bool(torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # older torch: no probe, assume not
-        return False
+        avx512_bf16 = False
+    return avx512_bf16 or cpu_has_amx()
 
 
 def choose_precision(accelerator: str | None) -> tuple[str, str]:
