@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("config")
     p.add_argument("--data-root", help="data.root for the config")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--compile", action="store_true", help="also time the step with torch.compile (interleaved)")
     args = p.parse_args()
     extra = ["--data.root", args.data_root] if args.data_root else []
     cli = build_cli(["--config", args.config, *extra, "--trainer.logger", "false"], run=False)
@@ -60,6 +61,22 @@ def main() -> None:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    compiled = torch.compile(model) if args.compile else None
+
+    def step_compiled() -> None:
+        assert compiled is not None
+        with autocast():
+            loss = F.cross_entropy(compiled(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    compile_s = 0.0
+    if compiled is not None:  # the first call compiles: timed apart, as a run would pay it once
+        t0 = time.perf_counter()
+        step_compiled()
+        compile_s = time.perf_counter() - t0
 
     def fwd_bwd() -> None:
         with autocast():
@@ -90,8 +107,10 @@ def main() -> None:
     def data() -> None:
         next(loader)
 
-    t = timed({"step": step, "fwd_bwd": fwd_bwd, "attention": attention, "mlp": mlp, "optimiser": optimiser,
-               "data": data}, args.rounds)  # fmt: skip
+    fns = {"step": step, "fwd_bwd": fwd_bwd, "attention": attention, "mlp": mlp, "optimiser": optimiser, "data": data}
+    if compiled is not None:
+        fns["step_compiled"] = step_compiled
+    t = timed(fns, args.rounds)
     depth = len(model.blocks)
     parts = {"attention (all blocks)": depth * t["attention"], "MLP (all blocks)": depth * t["mlp"]}
     parts["rest of forward + backward"] = max(0.0, t["fwd_bwd"] - sum(parts.values()))
@@ -103,6 +122,10 @@ def main() -> None:
     print(f"{'part':<28}{'ms':>8}{'share':>8}")
     for k, v in parts.items():
         print(f"{k:<28}{1000 * v:>8.1f}{100 * v / whole:>7.1f}%")
+    if compiled is not None:
+        ratio = t["step"] / t["step_compiled"]
+        print(f"torch.compile: step {1000 * t['step_compiled']:.1f} ms against {1000 * t['step']:.1f} ms eager "
+              f"({ratio:.2f}x), first call (compiling) {compile_s:.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
