@@ -3,6 +3,9 @@ optimiser step, and the data (one batch from the config's loader). Each part is 
 shapes (median of rounds, interleaved), next to the whole step.
 
     python scripts/profile_step.py configs/cifar10_cpu.yaml --data-root ../shared/data/cifar10
+    python scripts/profile_step.py configs/cifar10_cpu.yaml --data-root ... --compile --model.patch_drop_rate 0.75
+
+Any further `--section.key value` is passed to the config, as `vit-app fit` takes it.
 """
 
 from __future__ import annotations
@@ -42,9 +45,15 @@ def main() -> None:
     p.add_argument("--data-root", help="data.root for the config")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also time the step with torch.compile (interleaved)")
-    args = p.parse_args()
+    args, overrides = p.parse_known_args()
+    bad = [a for a in overrides if a.startswith("-") and not a.startswith(("--data.", "--model.", "--trainer."))]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are --data.*, --model.*, --trainer.*)")
     extra = ["--data.root", args.data_root] if args.data_root else []
-    cli = build_cli(["--config", args.config, *extra, "--trainer.logger", "false"], run=False)
+    try:
+        cli = build_cli(["--config", args.config, *extra, *overrides, "--trainer.logger", "false"], run=False)
+    except Exception as e:  # a bad key, value or data folder: one line, as vit-app fit says it
+        p.error(f"{args.config}: {e}")
     dm, module = cli.datamodule, cli.model
     dm.setup("fit")
     loader = iter(dm.train_dataloader())

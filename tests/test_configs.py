@@ -122,3 +122,31 @@ def test_help_lists_commands_and_fit_help_works() -> None:
     assert res.returncode == 0 and "fit" in res.stdout and "quickstart" in res.stdout
     res = _run(["fit", "--help"], REPO)
     assert res.returncode == 0 and "--data.dataset" in res.stdout and "--model.arch" in res.stdout
+
+
+def test_fp32_overlay_changes_only_the_token_schedule(cifar_root: Path, tmp_path: Path) -> None:
+    """configs/cpu/fp32.yaml, stacked after cifar10_cpu.yaml, keeps 16 tokens until 80 % of the budget; nothing else."""
+    overlay = CONFIGS / "cpu" / "fp32.yaml"
+    head = overlay.read_text().split("\n\n")[0]
+    assert "vit-app fit --config configs/cifar10_cpu.yaml --config configs/cpu/fp32.yaml" in head
+    assert "Result:" in head
+    common = ["--data.root", str(cifar_root), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    base = build_cli(["--config", str(CONFIGS / "cifar10_cpu.yaml"), *common], run=False)
+    fp32 = build_cli(["--config", str(CONFIGS / "cifar10_cpu.yaml"), "--config", str(overlay), *common], run=False)
+    b, o = dict(base.model.hparams), dict(fp32.model.hparams)
+    assert {k for k in b if b[k] != o[k]} == {"patch_drop_rate", "patch_drop_end"}
+    assert (o["patch_drop_rate"], o["patch_drop_end"]) == (0.75, 0.8)
+    assert (b["patch_drop_rate"], b["patch_drop_end"]) == (0.5, 1.0)
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    bc, oc = flat(base.config.as_dict()), flat(fp32.config.as_dict())
+    assert {k for k in bc.keys() | oc.keys() if bc.get(k) != oc.get(k)} == {
+        "config",
+        "model.patch_drop_rate",
+        "model.patch_drop_end",
+    }
