@@ -128,6 +128,7 @@ def test_fit_resume_from_a_foreign_file_is_one_line(foreign, tmp_path: Path, cap
         (["classify", "IMG", "--topk", "0"], ["--topk", "must be 1 or more"]),
         (["classify", "IMG", "--format", "xml"], ["--format", "invalid choice: 'xml'"]),
         (["classify", "IMG", "--device", "tpu"], ["--device", "tpu"]),
+        (["classify", "IMG", "--tta", "crop"], ["--tta", "invalid choice: 'crop'", "'none', 'flip'"]),
         (["classify", "IMG", "--bogus"], ["unrecognized arguments: --bogus"]),
         (["attention", "IMG", "--out", "OUT", "--discard-ratio", "1.0"], ["--discard-ratio", "must be in [0, 1)"]),
         (["attention", "IMG", "--out", "OUT", "--discard-ratio", "-0.1"], ["--discard-ratio"]),

@@ -55,9 +55,11 @@ def classify(
     topk: int = 5,
     batch_size: int = 32,
     err: IO[str] | None = None,
+    tta: str = "none",
 ) -> Counts:
     """Classify every input and write its record, errors in place; memory stays bounded by the batch. Files a folder
-    scan skips are named on `err`. UserError when the inputs hold no image at all."""
+    scan skips are named on `err`. `tta`: test-time augmentation (vit_app.tta). UserError when the inputs hold no
+    image at all."""
     inputs = list(inputs)
     found = expand_inputs(inputs)
     require_images(found, inputs)
@@ -78,7 +80,7 @@ def classify(
     with bar(len(found.paths), "classify", file=err) as progress:
         for items in iter_batches(found.paths, im.transform, batch_size):
             _, x = stack_ok(items)
-            records = iter(topk_records(im.probs(x), im.class_names, topk)) if x is not None else iter(())
+            records = iter(topk_records(im.probs(x, tta), im.class_names, topk)) if x is not None else iter(())
             for item in items:  # keep the input order, errors in place
                 if item.error is None:
                     writer.result(item.path, next(records))

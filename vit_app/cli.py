@@ -152,6 +152,8 @@ def cmd_classify(argv: list[str]) -> int:
     p.add_argument("--format", choices=["table", "jsonl", "json", "csv"], default="table",
                    help="output format: jsonl (also spelt json) is one JSON object a line")  # fmt: skip
     p.add_argument("--output", help="write the results to this file instead of standard output")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation: flip averages the "
+                   "logits of each image and of its left-right mirror (twice the compute)")  # fmt: skip
     args = p.parse_args(argv)
     from vit_app.classify import classify
 
@@ -159,7 +161,7 @@ def cmd_classify(argv: list[str]) -> int:
     out_path = _output_file(args.output, "--output") if args.output else None
     out = open(out_path, "w", newline="") if out_path else sys.stdout
     try:
-        counts = classify(im, args.paths, out, args.format, args.topk, args.batch_size)
+        counts = classify(im, args.paths, out, args.format, args.topk, args.batch_size, tta=args.tta)
     finally:
         if out_path:
             out.close()

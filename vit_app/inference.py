@@ -21,6 +21,7 @@ from vit_app.data.images import load_image
 from vit_app.data.transforms import build_eval_transform
 from vit_app.errors import CheckpointError
 from vit_app.model import VisionTransformer
+from vit_app.tta import tta_logits
 
 ImageLike = str | os.PathLike | Image.Image
 
@@ -66,9 +67,10 @@ class InferenceModel:
         """Logits (B, C) for a normalised batch (B, 3, S, S)."""
         return self.model(x.to(self.device)).float()
 
-    def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (B, C) for a normalised batch, with the card's temperature (1 unless calibrated)."""
-        return torch.softmax(self(x) / self.temperature, dim=-1).cpu()
+    def probs(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """Class probabilities (B, C) for a normalised batch, with the card's temperature (1 unless calibrated);
+        `tta` "flip" averages the logits of each image and its mirror first (vit_app.tta)."""
+        return torch.softmax(tta_logits(self, x, tta) / self.temperature, dim=-1).cpu()
 
     def load(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """Image files or PIL images -> the normalised batch (N, 3, S, S) the model takes. A file that cannot be
@@ -76,13 +78,15 @@ class InferenceModel:
         pil = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
         return torch.stack([self.transform(img) for img in pil])
 
-    def predict(self, images: Sequence[ImageLike], topk: int = 5, batch_size: int = 32) -> list[list[dict[str, Any]]]:
+    def predict(
+        self, images: Sequence[ImageLike], topk: int = 5, batch_size: int = 32, tta: str = "none"
+    ) -> list[list[dict[str, Any]]]:
         """Per image, the top-k classes as [{"label", "index", "prob"}, ...]: what `vit-app classify --format json`
-        writes for it."""
+        writes for it (`tta` as in `probs`)."""
         out: list[list[dict[str, Any]]] = []
         for start in range(0, len(images), batch_size):
             x = self.load(images[start : start + batch_size])
-            out += topk_records(self.probs(x), self.class_names, topk)
+            out += topk_records(self.probs(x, tta), self.class_names, topk)
         return out
 
     def explain(self, images: Sequence[ImageLike], method: str | None = None, **options: Any) -> torch.Tensor:
