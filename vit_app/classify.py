@@ -10,6 +10,7 @@ from typing import IO, Any, Literal
 from vit_app.inference import InferenceModel, topk_records
 from vit_app.inputs import Counts, Item, describe_skipped, expand_inputs, iter_batches, require_images, stack_ok
 from vit_app.progress import bar, say
+from vit_app.tta import TTA
 
 OutputFormat = Literal["table", "jsonl", "json", "csv"]  # "json" is another name for "jsonl" (one object a line)
 
@@ -55,7 +56,7 @@ def classify(
     topk: int = 5,
     batch_size: int = 32,
     err: IO[str] | None = None,
-    tta: str = "none",
+    tta: TTA = "none",
 ) -> Counts:
     """Classify every input and write its record, errors in place; memory stays bounded by the batch. Files a folder
     scan skips are named on `err`. `tta`: test-time augmentation (vit_app.tta). UserError when the inputs hold no

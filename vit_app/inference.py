@@ -21,7 +21,7 @@ from vit_app.data.images import load_image
 from vit_app.data.transforms import build_eval_transform
 from vit_app.errors import CheckpointError
 from vit_app.model import VisionTransformer
-from vit_app.tta import tta_logits
+from vit_app.tta import TTA, tta_logits
 
 ImageLike = str | os.PathLike | Image.Image
 
@@ -67,7 +67,7 @@ class InferenceModel:
         """Logits (B, C) for a normalised batch (B, 3, S, S)."""
         return self.model(x.to(self.device)).float()
 
-    def probs(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    def probs(self, x: torch.Tensor, tta: TTA = "none") -> torch.Tensor:
         """Class probabilities (B, C) for a normalised batch, with the card's temperature (1 unless calibrated);
         `tta` "flip" averages the logits of each image and its mirror first (vit_app.tta)."""
         return torch.softmax(tta_logits(self, x, tta) / self.temperature, dim=-1).cpu()
@@ -79,7 +79,7 @@ class InferenceModel:
         return torch.stack([self.transform(img) for img in pil])
 
     def predict(
-        self, images: Sequence[ImageLike], topk: int = 5, batch_size: int = 32, tta: str = "none"
+        self, images: Sequence[ImageLike], topk: int = 5, batch_size: int = 32, tta: TTA = "none"
     ) -> list[list[dict[str, Any]]]:
         """Per image, the top-k classes as [{"label", "index", "prob"}, ...]: what `vit-app classify --format json`
         writes for it (`tta` as in `probs`)."""
