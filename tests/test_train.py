@@ -116,6 +116,39 @@ def test_patch_dropout_runs_until_patch_drop_end_then_stops(tmp_path: Path) -> N
     _assert_trained(cli)
 
 
+class MixLog(Callback):
+    """Wraps the module's timm Mixup to record, step by step, whether a batch went through it."""
+
+    def __init__(self) -> None:
+        self.mixed: list[bool] = []
+        self._called = False
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        inner = pl_module.mixup
+
+        def counting(x, y):  # noqa: ANN001, ANN202
+            self._called = True
+            return inner(x, y)
+
+        pl_module.mixup = counting
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.mixed.append(self._called)
+        self._called = False
+
+
+def test_mixup_applies_only_inside_its_window_of_training(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "8"]
+    args += ["--trainer.limit_val_batches", "0"]
+    args += ["--data.synthetic_train_size", "128", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--model.cutmix_alpha", "1.0", "--model.mixup_start", "0.25", "--model.mixup_end", "0.75"]
+    args += ["--trainer.callbacks+=tests.test_train.MixLog"]
+    cli = _fit(args, tmp_path)
+    log = next(c for c in cli.trainer.callbacks if type(c).__name__ == "MixLog")
+    assert log.mixed == [False] * 2 + [True] * 4 + [False] * 2  # steps 2-5 of 8 are inside [0.25, 0.75)
+    _assert_trained(cli)
+
+
 def test_muon_fit_saves_and_resumes_both_optimiser_halves(tmp_path: Path) -> None:
     args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.limit_val_batches", "0"]
     args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]

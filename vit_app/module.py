@@ -77,6 +77,8 @@ class ViTClassifier(L.LightningModule):
         mixup_alpha: timm Mixup alpha (0 = off).
         cutmix_alpha: timm CutMix alpha (0 = off).
         mixup_prob: probability of applying mixup or cutmix to a batch.
+        mixup_start: share of training (of the time budget, or of the steps) from which mixup / cutmix apply.
+        mixup_end: share of training after which they stop; 0 and 1 (the defaults) mix throughout.
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999); validation,
             test and inference then use the averaged weights. None = off.
         time_budget_min: train for this many minutes of wall time (validation included): the cosine follows the
@@ -133,6 +135,8 @@ class ViTClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mixup_prob: float = 1.0,
+        mixup_start: float = 0.0,
+        mixup_end: float = 1.0,
         ema_decay: float | None = None,
         time_budget_min: float | None = None,
         pretrained: str | None = None,
@@ -157,6 +161,8 @@ class ViTClassifier(L.LightningModule):
         require(mixup_alpha >= 0, "model.mixup_alpha", "be >= 0 (0 = off)", mixup_alpha)
         require(cutmix_alpha >= 0, "model.cutmix_alpha", "be >= 0 (0 = off)", cutmix_alpha)
         require(0 <= mixup_prob <= 1, "model.mixup_prob", "be in [0, 1]", mixup_prob)
+        require(0 <= mixup_start <= 1, "model.mixup_start", "be in [0, 1]", mixup_start)
+        require(mixup_start < mixup_end <= 1, "model.mixup_end", f"be in (mixup_start={mixup_start}, 1]", mixup_end)
         require(ema_decay is None or 0 < ema_decay < 1, "model.ema_decay", "be in (0, 1), e.g. 0.999", ema_decay)
         require(time_budget_min is None or time_budget_min > 0, "model.time_budget_min", "be > 0", time_budget_min)
         require(layer_decay is None or 0 < layer_decay <= 1, "model.layer_decay", "be in (0, 1]", layer_decay)
@@ -183,6 +189,7 @@ class ViTClassifier(L.LightningModule):
         self.temperature = 1.0  # from a calibrated checkpoint's card when evaluating or predicting with one
         self.clock = TrainingClock(time_budget_min)
         self.mixup = None
+        self.mixing = True  # inside the [mixup_start, mixup_end) window of training (on_train_batch_start)
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
 
@@ -218,11 +225,12 @@ class ViTClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
         x, y = batch[0], batch[1]  # a third item lists unreadable files (the BadImageReport callback counts them)
-        if self.mixup is not None and len(y) % 2:  # timm's Mixup pairs images: a batch left odd by an unreadable
+        mix = self.mixup is not None and self.mixing
+        if mix and len(y) % 2:  # timm's Mixup pairs images: a batch left odd by an unreadable
             x, y = x[:-1], y[:-1]  # file sheds its last image
         if y.numel() == 0:
             return None  # every image of this batch was unreadable: no step
-        if self.mixup is not None:
+        if mix:
             x, y_soft = self.mixup(x, y)
             logits = self._train_forward(x)
             loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
@@ -250,6 +258,9 @@ class ViTClassifier(L.LightningModule):
         if hp.patch_drop_rate > 0:  # PatchDropout until patch_drop_end, then every token (as in evaluation)
             done = self.clock.progress(self.global_step)
             self.model.patch_drop_rate = hp.patch_drop_rate if done < hp.patch_drop_end else 0.0
+        if self.mixup is not None:  # mixup / cutmix only inside their window of training
+            done = self.clock.progress(self.global_step)
+            self.mixing = hp.mixup_start <= done < hp.mixup_end
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.model_ema is not None:
