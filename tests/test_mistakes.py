@@ -344,8 +344,10 @@ def _cli(args: list[str], cwd: Path, timeout: int = 180) -> subprocess.Completed
         (["--model.ema_decay", "1.5"], ["model.ema_decay"]),
         (["--model.mixup_prob", "2"], ["model.mixup_prob"]),
         (["--model.mixup_start", "1.5"], ["model.mixup_start must be in [0, 1]"]),
-        (["--model.mixup_start", "0.5", "--model.mixup_end", "0.5"],
-         ["model.mixup_end must be in (mixup_start=0.5, 1]"]),
+        (
+            ["--model.mixup_start", "0.5", "--model.mixup_end", "0.5"],
+            ["model.mixup_end must be in (mixup_start=0.5, 1]"],
+        ),
         (["--model.time_budget_min", "0"], ["model.time_budget_min must be > 0"]),
         (["--model.layer_decay", "0"], ["model.layer_decay"]),
         (["--model.betas", "[0.9, 1.5]"], ["model.betas"]),
