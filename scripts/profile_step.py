@@ -4,6 +4,7 @@ shapes (median of rounds, interleaved), next to the whole step.
 
     python scripts/profile_step.py configs/cifar10_cpu.yaml --data-root ../shared/data/cifar10
     python scripts/profile_step.py configs/cifar10_cpu.yaml --data-root ... --compile --model.patch_drop_rate 0.75
+    python scripts/profile_step.py configs/cifar10_cpu.yaml --data-root ... --trainer.precision 32-true
 
 Any further `--section.key value` is passed to the config, as `vit-app fit` takes it.
 """
@@ -23,7 +24,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vit_app.cli import build_cli  # noqa: E402
-from vit_app.precision import choose_precision  # noqa: E402
 
 
 def timed(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -61,7 +61,7 @@ def main() -> None:
     model = module.model.train()
     model.patch_drop_rate = module.hparams.patch_drop_rate
     opt = module.build_optimizer()
-    bf16 = choose_precision("cpu")[0].startswith("bf16")
+    bf16 = str(cli.trainer.precision).startswith("bf16")  # the run's: the automatic rule, or --trainer.precision
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def step() -> None:
@@ -94,13 +94,13 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     with torch.no_grad():
-        tokens = model._tokens(x)  # (B, P + kept, D): what the blocks see, PatchDropout included
+        tokens, d2 = model.tokens_and_distances(x)  # (B, P + kept, D): what the blocks see, PatchDropout included
     blk = model.blocks[0]
     t_in = tokens.detach().requires_grad_(True)
 
     def attention() -> None:  # every block's attention branch, forward + backward
         with autocast():
-            out = blk.attn(blk.norm1(t_in))[0]
+            out = blk.attn(blk.norm1(t_in), d2=d2)[0]
         out.float().sum().backward()
 
     def mlp() -> None:

@@ -290,10 +290,39 @@ def test_precision_follows_a_capability_rule(monkeypatch: pytest.MonkeyPatch) ->
     from vit_app import precision
 
     monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_training_pays", lambda: True)
     assert [precision.choose_precision("auto")[0] for _ in range(3)] == ["bf16-mixed"] * 3
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_training_pays", lambda: False)
     assert precision.choose_precision("cpu")[0] == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("vendor", "avx512_bf16", "amx", "precision_"),
+    [
+        ("AuthenticAMD", True, False, "bf16-mixed"),  # Zen 4 / Zen 5: bf16 measured 1.86x fp32
+        ("AuthenticAMD", False, False, "32-true"),  # Zen 1-3: bf16 emulated
+        ("GenuineIntel", True, True, "bf16-mixed"),  # Xeon with AMX: 2.3x
+        ("GenuineIntel", True, False, "32-true"),  # Xeon whose VM hides AMX: bf16 measured slower
+        ("GenuineIntel", False, False, "32-true"),
+        ("", True, False, "bf16-mixed"),  # no vendor line: AVX512-BF16 taken at its word
+    ],
+)
+def test_cpu_precision_rule_by_measured_case(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vendor: str, avx512_bf16: bool, amx: bool, precision_: str
+) -> None:
+    from vit_app import precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse\n\n" if vendor else "processor : 0\n")
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision.torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(precision.torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    real_vendor = precision.cpu_vendor
+    monkeypatch.setattr(precision, "cpu_vendor", lambda: real_vendor(info))
+    assert precision.cpu_vendor() == vendor
+    chosen, reason = precision.choose_precision("cpu")
+    assert chosen == precision_ and reason
+    assert real_vendor(tmp_path / "missing") == ""
 
 
 @pytest.mark.parametrize(

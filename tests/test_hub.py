@@ -161,3 +161,42 @@ def test_tensorboard_logger_config_writes_event_files(tmp_path: Path) -> None:
     assert events and all(e.stat().st_size > 0 for e in events)
     assert list((tmp_path / "runs" / "run").rglob("metrics.csv"))  # CSV as well, and the checkpoints beside it
     assert list((tmp_path / "runs" / "run").rglob("last.ckpt"))
+
+
+def test_a_locality_model_trains_loads_and_exports_but_not_to_timm(tmp_path: Path, capsys) -> None:
+    """model.attn_locality through fit; the card rebuilds it with equal logits; .safetensors round-trips it;
+    --format timm refuses it (timm has no locality bias), naming why, and leaves no folder behind."""
+    from tests.conftest import CONFIGS
+    from vit_app.cli import build_cli
+
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "3"]
+    args += ["--model.attn_locality", "true"]
+    args += ["--data.synthetic_train_size", "32", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]
+    args += ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    build_cli(args + ["--trainer.enable_progress_bar", "false"])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    m = load_for_inference(ckpt)
+    assert m.card.model.attn_locality and m.model.blocks[0].attn.locality is not None
+    slopes = torch.stack([b.attn.locality for b in m.model.blocks])
+    assert not torch.equal(slopes[0], torch.tensor([1.0, 0.0]))  # trained: moved from their initial values
+    x = torch.randn(2, 3, m.card.input.img_size, m.card.input.img_size)
+    st = tmp_path / "m.safetensors"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(st)]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(load_for_inference(st).model(x), m.model(x), rtol=0, atol=0)
+    import onnxruntime as ort  # a dev dependency
+
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(onnx)]) == 0
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    for n in (1, 3):  # the locality bias is built from the grid, not traced as a constant of the batch
+        xn = torch.randn(n, 3, m.card.input.img_size, m.card.input.img_size)
+        with torch.no_grad():
+            want = m.model(xn).numpy()
+        assert abs(sess.run(None, {"image": xn.numpy()})[0] - want).max() <= 1e-4
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(ckpt), "--format", "timm", "--out", str(tmp_path / "timm-dir")]) == 2
+    err = capsys.readouterr().err
+    assert "attn_locality" in err and "timm" in err and "Traceback" not in err
+    assert not (tmp_path / "timm-dir").exists()

@@ -58,19 +58,22 @@ def test_timm_weights_load_strict_and_logits_match(name: str) -> None:
     assert feat_diff <= 1e-4 * scale
 
 
-# The CPU kinds measured: (AMX, native bf16, AVX-512) = Intel Xeon with AMX, AMD Zen 4/5, AMD Zen 1 (AVX2 only)
-CPU_KINDS = {"xeon_amx": (True, True, True), "zen5": (False, True, True), "zen1": (False, False, False)}
+# The CPU kinds measured: (AMX, native bf16, AVX-512, Intel) = Intel Xeon with AMX, an Intel Xeon whose VM hides AMX
+# (AVX512-BF16 alone), AMD Zen 4/5, AMD Zen 1 (AVX2 only)
+CPU_KINDS = {"xeon_amx": (True, True, True, True), "xeon_no_amx": (False, True, True, True),
+             "zen5": (False, True, True, False), "zen1": (False, False, False, False)}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", sorted(CPU_KINDS))
 def test_attention_path_rule_follows_the_measured_cases(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """SDPA or explicit per case (scripts/benchmark.py --only attention, README): explicit under CPU bf16 autocast in
-    training where the CPU has native bf16; in inference only on AVX-512 without AMX (bf16 at any length, fp32 at
+    training where the CPU has native bf16; in inference only on AMD's AVX-512 CPUs (bf16 at any length, fp32 at
     CIFAR-size token counts); SDPA otherwise, and everywhere on an AVX2 CPU without native bf16."""
-    amx, native_bf16, avx512 = CPU_KINDS[kind]
+    amx, native_bf16, avx512, intel = CPU_KINDS[kind]
     monkeypatch.setattr(vit_model, "_cpu_has_amx", lambda: amx)
     monkeypatch.setattr(vit_model, "_cpu_native_bf16", lambda: native_bf16)
     monkeypatch.setattr(vit_model, "_cpu_has_avx512", lambda: avx512)
+    monkeypatch.setattr(vit_model, "_cpu_is_intel", lambda: intel)
     explicit_infer = kind == "zen5"
     short, long = torch.zeros(2, 33, 64), torch.zeros(2, 197, 64)
     assert explicit_attention_faster(short, training=False) is explicit_infer
@@ -331,3 +334,106 @@ def test_mimetic_init_makes_attention_start_near_the_identity() -> None:
     torch.testing.assert_close(vo.diag().mean(), torch.tensor(-0.4), atol=0.05, rtol=0)
     plain = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=1, num_heads=4)
     assert set(m.state_dict()) == set(plain.state_dict())  # only values differ: timm weights, timm names
+
+
+def test_locality_slopes_span_one_patch_to_half_the_grid_with_one_global_head() -> None:
+    from vit_app.model import locality_slopes
+
+    torch.testing.assert_close(locality_slopes(4, (8, 8)), torch.tensor([1.0, 0.25, 0.0625, 0.0]))
+    torch.testing.assert_close(locality_slopes(3, (14, 14)), torch.tensor([1.0, 1 / 49, 0.0]))
+    torch.testing.assert_close(locality_slopes(2, (8, 8)), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(locality_slopes(1, (8, 8)), torch.tensor([0.0]))
+
+
+LOCAL_SHAPES = [
+    dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3),
+    dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=3, class_token=False,
+         global_pool="avg", reg_tokens=2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kw", LOCAL_SHAPES)
+def test_locality_bias_is_minus_slope_times_squared_patch_distance(kw: dict) -> None:
+    """Block 0's map recomputed by hand: softmax(q k^T / sqrt(d) - slope_h * |p_i - p_j|^2), 0 on prefix tokens."""
+    m = VisionTransformer(**kw, attn_locality=True).eval()
+    _randomize(m)
+    with torch.no_grad():
+        m.blocks[0].attn.locality.copy_(torch.tensor([2.0, 0.5, 0.1, 0.0]))
+    x = torch.randn(2, 3, 32, 32)
+    P = m.num_prefix_tokens
+    grid = [(r, c) for r in range(4) for c in range(4)]  # 32 px / patch 8: a 4 x 4 grid in raster order
+    d2 = torch.zeros(P + 16, P + 16)
+    for i, (ri, ci) in enumerate(grid):
+        for j, (rj, cj) in enumerate(grid):
+            d2[P + i, P + j] = (ri - rj) ** 2 + (ci - cj) ** 2
+    with torch.no_grad():
+        _, attns = m.forward_with_attention(x)
+        h = m.blocks[0].norm1(m._tokens(x))
+        q, k, _ = m.blocks[0].attn.qkv(h).reshape(2, P + 16, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        slopes = torch.tensor([2.0, 0.5, 0.1, 0.0]).view(1, 4, 1, 1)
+        expected = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5 - slopes * d2, dim=-1)
+    torch.testing.assert_close(attns[0], expected, atol=1e-6, rtol=1e-5)
+    assert expected[0, 0, P + 5, P + 5] > expected[0, 3, P + 5, P + 5]  # the steep head keeps more to itself
+
+
+@pytest.mark.parametrize("kw", LOCAL_SHAPES)
+def test_locality_fused_and_explicit_paths_agree_and_zero_slopes_are_the_plain_model(kw: dict) -> None:
+    m = VisionTransformer(**{**kw, "img_size": 48, "patch_size": 4}, attn_locality=True).eval()
+    _randomize(m)
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        fused = m(x)
+        m.set_fused_attn(False)
+        explicit = m(x)
+        m.set_fused_attn(True)
+    assert not explicit_attention_faster(torch.zeros(3, fused.shape[0] + 144, 32), training=False)
+    torch.testing.assert_close(fused, explicit, atol=1e-5 * max(1.0, fused.abs().max().item()), rtol=0)
+    plain = VisionTransformer(**{**kw, "img_size": 48, "patch_size": 4}).eval()
+    state = {k: v for k, v in m.state_dict().items() if not k.endswith("attn.locality")}
+    plain.load_state_dict(state, strict=True)  # the slopes are the only weights it adds
+    with torch.no_grad():
+        assert (m(x) - plain(x)).abs().max() > 1e-3  # the bias changes the outputs ...
+        for blk in m.blocks:
+            blk.attn.locality.zero_()
+        torch.testing.assert_close(m(x), plain(x), atol=1e-5, rtol=1e-5)  # ... and with zero slopes it is gone
+
+
+def test_locality_follows_the_kept_patches_under_patch_dropout() -> None:
+    """Each kept token's distances are those of the patch it came from (the position embedding identifies it)."""
+    kw = dict(img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=5, attn_locality=True)
+    m = VisionTransformer(**kw, patch_drop_rate=0.5)
+    _randomize(m)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        m.eval()
+        full, d2_full = m.tokens_and_distances(x)  # (3, 65, 32), (1, 65, 65)
+        m.train()
+        kept, d2 = m.tokens_and_distances(x)  # (3, 33, 32), (3, 33, 33)
+    assert d2_full.shape == (1, 65, 65) and d2.shape == (3, 33, 33)
+    assert d2_full[0, 1 + 9, 1 + 27].item() == 2**2 + 2**2  # patches (1, 1) and (3, 3) of the 8 x 8 grid
+    for b in range(3):
+        src = (kept[b, 1:, None, :] == full[b, None, 1:, :]).all(-1).float().argmax(1)  # (32,): where each came from
+        torch.testing.assert_close(d2[b, 1:, 1:], d2_full[0, 1:, 1:][src][:, src], rtol=0, atol=0)
+        assert d2[b, 0].abs().sum() == 0 and d2[b, :, 0].abs().sum() == 0  # the class token has no position
+
+
+def test_locality_slopes_are_learned_on_adamw_without_weight_decay() -> None:
+    from vit_app.optim import build_optimizer
+
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3, num_classes=5,
+                          class_token=False, global_pool="avg", attn_locality=True)  # fmt: skip
+    _randomize(m)  # (with a class token read out, the last block's slopes would get none: its row has no bias)
+    m.train()
+    m(torch.randn(2, 3, 32, 32)).square().sum().backward()
+    for blk in m.blocks:
+        assert blk.attn.locality.grad is not None and blk.attn.locality.grad.abs().sum() > 0
+    opt = build_optimizer(m, "muon", 1e-3, 0.1)
+    slopes = {id(blk.attn.locality) for blk in m.blocks}
+    for group in opt.param_groups:
+        if slopes & {id(p) for p in group["params"]}:
+            assert not group.get("muon") and group["weight_decay"] == 0.0
+    timm_names = set(TimmViT(**m.config.timm_kwargs()).state_dict())
+    assert set(m.state_dict()) - timm_names == {f"blocks.{i}.attn.locality" for i in range(2)}
+    assert not m.config.timm_expressible()
+    with pytest.raises(ValueError, match="attn_locality must be true or false"):
+        VisionTransformer(attn_locality="yes")

@@ -55,3 +55,13 @@ def test_profile_names_a_bad_config_override_in_one_line(tmp_path: Path) -> None
     assert res.returncode == 2
     assert "model.no_such_key" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_profile_takes_the_trainer_precision_and_a_locality_model(tmp_path: Path) -> None:
+    """--trainer.precision decides the autocast the step is timed under, whatever the CPU would pick by itself."""
+    for precision, shown in (("32-true", "fp32"), ("bf16-mixed", "bf16")):
+        cmd = [sys.executable, str(SCRIPT), str(CONFIGS / "quickstart.yaml"), "--rounds", "1", *SMALL]
+        cmd += ["--trainer.precision", precision, "--model.attn_locality", "true"]
+        res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert re.search(rf"batch 16, 21 tokens, {shown}, \d+ threads", res.stdout), res.stdout

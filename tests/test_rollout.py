@@ -210,7 +210,11 @@ def test_class_specific_methods_depend_on_the_class_and_explain_shapes() -> None
         explain(model, x, "gradcam")
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(reg_tokens=2), dict(class_token=False, global_pool="avg")])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(reg_tokens=2), dict(class_token=False, global_pool="avg"), dict(attn_locality=True),
+     dict(class_token=False, global_pool="avg", attn_locality=True)],
+)  # fmt: skip
 def test_lrp_forward_equals_the_model_and_cp_lrp_conserves_relevance(kw: dict) -> None:
     torch.manual_seed(1)
     m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, **kw).eval()

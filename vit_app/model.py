@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vit_app.precision import cpu_has_amx, cpu_supports_bf16
+from vit_app.precision import cpu_has_amx, cpu_supports_bf16, cpu_vendor
 
 GlobalPool = Literal["token", "avg"]
 PosEmbedInit = Literal["learn", "sincos"]
@@ -25,7 +25,8 @@ AttnInit = Literal["trunc_normal", "mimetic"]
 # Settings of training and initialisation: they change no weight's shape and no output of given weights.
 TRAINING_ONLY = frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate", "pos_embed_init",
                            "attn_init"})  # fmt: skip
-NOT_TIMM = frozenset({"pos_embed_init", "attn_init"})  # ours alone: timm builds the same weights without them
+NOT_TIMM = frozenset({"pos_embed_init", "attn_init", "attn_locality"})  # ours alone: timm has no argument for them
+TIMM_INEXPRESSIBLE = frozenset({"attn_locality"})  # ours alone and changing the outputs: timm cannot build the model
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ViTConfig:
     patch_drop_rate: float = 0.0
     pos_embed_init: PosEmbedInit = "learn"  # "sincos": fixed 2-D sin-cos embeddings (Beyer et al. 2022), not trained
     attn_init: AttnInit = "trunc_normal"  # "mimetic": W_q W_k^T ~ aZ + bI, W_v W_o ~ aZ - bI (Trockman & Kolter 2023)
+    attn_locality: bool = False  # a learned 2-D locality bias on each head's attention logits (see locality_slopes)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
@@ -81,6 +83,8 @@ class ViTConfig:
             raise ValueError(f"pos_embed_init='sincos' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.attn_init not in ("trunc_normal", "mimetic"):
             raise ValueError(f"attn_init must be 'trunc_normal' or 'mimetic', got {self.attn_init!r}")
+        if not isinstance(self.attn_locality, bool):
+            raise ValueError(f"attn_locality must be true or false, got {self.attn_locality!r}")
         for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "patch_drop_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -107,6 +111,10 @@ class ViTConfig:
         if isinstance(d.get("img_size"), list):
             d["img_size"] = tuple(d["img_size"])
         return cls(**d)
+
+    def timm_expressible(self) -> bool:
+        """Whether timm's VisionTransformer builds this model, outputs and all (False with attn_locality)."""
+        return not any(getattr(self, k) for k in TIMM_INEXPRESSIBLE)
 
     def timm_kwargs(self) -> dict[str, Any]:
         """The arguments of timm's VisionTransformer that build the same weights."""
@@ -153,6 +161,33 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> 
     y = y.flatten()[:, None] * omega[None, :]  # (H*W, dim / 4)
     x = x.flatten()[:, None] * omega[None, :]
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
+def locality_slopes(num_heads: int, grid: tuple[int, int]) -> Tensor:
+    """Initial slopes of the locality bias, one a head: the bias on a logit is -slope * (squared distance between the
+    two patches, in patches), a Gaussian neighbourhood of width 1 / sqrt(slope). The last head starts global (0);
+    the others' widths grow geometrically from 1 patch to half the grid (8 x 8 patches, 4 heads: 1, 0.25, 0.0625, 0),
+    so the model sees at several scales from its first step, as a convolution does, and learns how local to stay."""
+    if num_heads == 1:
+        return torch.zeros(1)
+    widest = max(1.0, max(grid) / 2)
+    n = num_heads - 1
+    widths = torch.tensor([widest ** (i / max(1, n - 1)) for i in range(n)])  # 1 ... widest patches
+    return torch.cat([widths.pow(-2.0), torch.zeros(1)])
+
+
+def patch_coords(grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
+    """(row, column) of each patch in raster order: (H*W, 2) float."""
+    y, x = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device), indexing="ij")
+    return torch.stack([y.flatten(), x.flatten()], dim=1).float()
+
+
+def squared_distances(coords: Tensor, num_prefix_tokens: int) -> Tensor:
+    """Patch coordinates (B, N, 2) -> squared distances between tokens (B, P + N, P + N); 0 on the prefix tokens'
+    rows and columns, which have no position."""
+    d2 = (coords[:, :, None, :] - coords[:, None, :, :]).pow(2).sum(-1)  # (B, N, N)
+    P = num_prefix_tokens
+    return F.pad(d2, (P, 0, P, 0)) if P else d2
 
 
 @torch.no_grad()
@@ -234,6 +269,11 @@ def _cpu_has_avx512() -> bool:
     return "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 
+@functools.cache
+def _cpu_is_intel() -> bool:
+    return cpu_vendor() == "GenuineIntel"
+
+
 EXPLICIT_MAX_TOKENS = 65  # CIFAR-size token counts (32 px, patch 4: 64 patches + class token)
 
 
@@ -241,29 +281,32 @@ def explicit_attention_faster(x: Tensor, training: bool) -> bool:
     """Whether the explicit softmax path beats SDPA here, by measurement (`scripts/benchmark.py --only attention`
     and whole-model A/B runs; tables in the README). CPU bf16 autocast with native bf16, training: explicit on
     AVX512-BF16 and AMX CPUs alike (SDPA / explicit: AMD Zen 5 2.9-7.0x, Intel Xeon with AMX 2.3-6.9x); inference:
-    explicit without AMX (Zen 5 2.2-2.8x), SDPA with it (whole ViTs on the Xeon 0.91-0.96x). CPU bf16 without native
-    bf16 (emulated; AMD Zen 1, AVX2): SDPA (0.06-0.40x). fp32 inference: explicit at CIFAR-size token counts on
-    AVX-512 CPUs without AMX (Zen 5 1.66x at 33 tokens, 1.17x at 65, 0.98x at 197), SDPA with AMX (Xeon whole ViTs
-    0.82-1.04x) and on AVX2 (Zen 1 0.75-0.85x, whole models 0.95-0.98x). fp32 training: SDPA everywhere."""
+    explicit on AMD without AMX (Zen 5 2.2-2.8x), SDPA with AMX (whole ViTs on the Xeon 0.91-0.96x) and on Intel
+    without it (a Xeon, family 6 model 207, AMX not exposed: whole models 0.95-0.97x). CPU bf16 without native bf16
+    (emulated; AMD Zen 1, AVX2): SDPA (0.06-0.40x). fp32 inference: explicit at CIFAR-size token counts on AMD AVX-512
+    CPUs (Zen 5 1.66x at 33 tokens, 1.17x at 65, 0.98x at 197), SDPA on Intel with AMX (Xeon whole ViTs 0.82-1.04x)
+    and without (the model 207 Xeon: 0.83-0.89x, whole models 0.80-0.97x), and on AVX2 (Zen 1 0.75-0.85x, whole
+    models 0.95-0.98x). fp32 training: SDPA everywhere."""
     if x.device.type != "cpu":
         return False
+    amd_avx512 = _cpu_has_avx512() and not _cpu_has_amx() and not _cpu_is_intel()  # where explicit inference won
     if torch.is_autocast_enabled("cpu"):
         bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16
-        return bf16 and _cpu_native_bf16() and (training or not _cpu_has_amx())
-    return (
-        x.dtype == torch.float32
-        and not training
-        and x.shape[1] <= EXPLICIT_MAX_TOKENS
-        and _cpu_has_avx512()
-        and not _cpu_has_amx()
-    )
+        return bf16 and _cpu_native_bf16() and (training or amd_avx512)
+    return x.dtype == torch.float32 and not training and x.shape[1] <= EXPLICIT_MAX_TOKENS and amd_avx512
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection: Q, K and V all come from the same tokens."""
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        locality: Tensor | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -276,17 +319,31 @@ class Attention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # Per-head slopes of the 2-D locality bias (ViTConfig.attn_locality), learned; None without one (timm's)
+        self.locality = nn.Parameter(locality.clone().float()) if locality is not None else None
 
-    def forward(self, x: Tensor, need_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def bias(self, d2: Tensor | None) -> Tensor | None:
+        """The additive bias on the attention logits from the tokens' squared distances (B, T, T): (B, h, T, T)."""
+        if self.locality is None or d2 is None:
+            return None
+        return -self.locality.view(1, -1, 1, 1) * d2[:, None]
+
+    def forward(self, x: Tensor, need_attn: bool = False, d2: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
+        bias = self.bias(d2)  # (B, h, N, N) or None
         attn: Tensor | None = None
-        if self.fused_attn and not need_attn and not explicit_attention_faster(x, self.training):
+        learn_bias = bias is not None and bias.requires_grad  # SDPA's CPU kernels pass no gradient to attn_mask
+        if self.fused_attn and not need_attn and not learn_bias and not explicit_attention_faster(x, self.training):
             p = self.attn_drop.p if self.training else 0.0
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, hd)
+            mask = bias.to(q.dtype) if bias is not None else None
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, N, hd)
         else:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N), rows sum to 1
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+            if bias is not None:
+                logits = logits + bias.to(logits.dtype)
+            attn = logits.softmax(dim=-1)  # (B, h, N, N), rows sum to 1
             x = self.attn_drop(attn) @ v  # (B, h, N, hd)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, D)
         return self.proj_drop(self.proj(x)), attn
@@ -331,19 +388,20 @@ class Block(nn.Module):
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        locality: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(
-        self, x: Tensor, need_attn: bool = False, head_fusion: HeadFusion | None = None
+        self, x: Tensor, need_attn: bool = False, head_fusion: HeadFusion | None = None, d2: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        y, attn = self.attn(self.norm1(x), need_attn)
+        y, attn = self.attn(self.norm1(x), need_attn, d2)
         if attn is not None and head_fusion is not None:
             attn = fuse_heads(attn, head_fusion)  # (B, T, T): the (B, h, T, T) map is freed before the MLP
         x = x + self.drop_path1(y)
@@ -380,8 +438,10 @@ class VisionTransformer(nn.Module):
         embedded = 0 if cfg.no_embed_class else self.num_prefix_tokens  # prefix tokens with a position embedding
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + embedded, embed_dim))
         rates = [cfg.drop_path_rate * i / max(1, depth - 1) for i in range(depth)]  # stochastic depth grows with depth
+        slopes = locality_slopes(num_heads, self.patch_embed.grid_size) if cfg.attn_locality else None
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=r) for r in rates
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=cfg.attn_drop_rate, drop_path=r, locality=slopes)
+            for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if not use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
@@ -439,28 +499,39 @@ class VisionTransformer(nn.Module):
         return torch.cat([*prefix, x], dim=1) + pos  # (B, P + N, D)
 
     def _tokens(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> the tokens the blocks see (B, prefix + N, D), PatchDropout applied in training."""
+        return self.tokens_and_distances(x)[0]
+
+    def tokens_and_distances(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The blocks' input tokens (B, P + N, D) and, with attn_locality, the squared distances between them
+        (B or 1, P + N, P + N) that every block's locality bias reads; None without it."""
         x, grid = self.patch_embed(x)  # (B, N, D)
         x = self._pos_embed(x, grid)  # (B, prefix + N, D)
+        coords = patch_coords(grid, x.device)[None] if self.config.attn_locality else None  # (1, N, 2)
         if self.training and self.patch_drop_rate > 0:
-            x = self._drop_patches(x)
-        return x
+            x, coords = self._drop_patches(x, coords)
+        d2 = squared_distances(coords, self.num_prefix_tokens) if coords is not None else None
+        return x, d2
 
-    def _drop_patches(self, x: Tensor) -> Tensor:
+    def _drop_patches(self, x: Tensor, coords: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """PatchDropout (Liu et al. 2022, timm's `patch_drop_rate`): in training, keep a random subset of the patch
         tokens per image (position embeddings already added) and every prefix token. Fewer tokens make each step
-        cheaper; evaluation always sees all of them. (B, P + N, D) -> (B, P + keep, D)."""
+        cheaper; evaluation always sees all of them. (B, P + N, D) -> (B, P + keep, D); the patches' coordinates
+        (1, N, 2), when given, are kept alike -> (B, keep, 2)."""
         P = self.num_prefix_tokens
         B, T, D = x.shape
         keep = max(1, int((T - P) * (1.0 - self.patch_drop_rate)))
         idx = torch.rand(B, T - P, device=x.device).topk(keep, dim=1).indices  # (B, keep), uniform without repeats
         patches = x[:, P:].gather(1, idx.unsqueeze(-1).expand(-1, -1, D))  # (B, keep, D)
-        return torch.cat([x[:, :P], patches], dim=1)
+        if coords is not None:
+            coords = coords.expand(B, -1, -1).gather(1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, keep, 2)
+        return torch.cat([x[:, :P], patches], dim=1), coords
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> normed tokens (B, prefix + N, D)."""
-        x = self._tokens(x)
+        x, d2 = self.tokens_and_distances(x)
         for blk in self.blocks:
-            x, _ = blk(x)
+            x, _ = blk(x, d2=d2)
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -477,10 +548,10 @@ class VisionTransformer(nn.Module):
 
         Maps are (B, heads, T, T); with `head_fusion` each is reduced over heads right away to (B, T, T), so only
         L small maps are kept (what rollout needs)."""
-        x = self._tokens(x)
+        x, d2 = self.tokens_and_distances(x)
         attentions: list[Tensor] = []
         for blk in self.blocks:
-            x, attn = blk(x, need_attn=True, head_fusion=head_fusion)
+            x, attn = blk(x, need_attn=True, head_fusion=head_fusion, d2=d2)
             assert attn is not None
             attentions.append(attn)
         return self.forward_head(self.norm(x)), attentions

@@ -61,6 +61,10 @@ class ViTClassifier(L.LightningModule):
             et al. 2022); the weights stay timm's either way.
         attn_init: "trunc_normal" (timm's) or "mimetic" (Trockman & Kolter 2023: attention starts out near the
             identity, which helps small ViTs on small data).
+        attn_locality: a learned 2-D locality bias on every head's attention logits, -slope * (squared distance
+            between the two patches), the slopes starting at several widths (one head global), so attention starts
+            out local, as a convolution does (ALiBi / relative position biases, in 2-D). Ours alone: timm cannot
+            build such a model, so `export --format timm` refuses it.
         patch_drop_end: share of training (of the time budget, or of the steps) after which PatchDropout stops, so
             the last part trains on every token, as evaluation sees them. 1.0 = dropout to the end.
         optimizer: "adamw", or "muon": Muon (orthogonalised momentum) for the blocks' weight matrices and AdamW for
@@ -122,6 +126,7 @@ class ViTClassifier(L.LightningModule):
         patch_drop_rate: float = 0.0,
         pos_embed_init: Literal["learn", "sincos"] = "learn",
         attn_init: Literal["trunc_normal", "mimetic"] = "trunc_normal",
+        attn_locality: bool = False,
         patch_drop_end: float = 1.0,
         optimizer: OptimizerName = "adamw",
         muon_momentum: float = MUON_MOMENTUM,
@@ -180,6 +185,7 @@ class ViTClassifier(L.LightningModule):
                 reg_tokens=reg_tokens, no_embed_class=no_embed_class, global_pool=global_pool, fc_norm=fc_norm,
                 drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
                 patch_drop_rate=patch_drop_rate, pos_embed_init=pos_embed_init, attn_init=attn_init,
+                attn_locality=attn_locality,
             )  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"model.{e}") from None
@@ -255,11 +261,10 @@ class ViTClassifier(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         hp = self.hparams
+        done = self.clock.progress(self.global_step)  # share of training done, on the budget's clock or in steps
         if hp.patch_drop_rate > 0:  # PatchDropout until patch_drop_end, then every token (as in evaluation)
-            done = self.clock.progress(self.global_step)
             self.model.patch_drop_rate = hp.patch_drop_rate if done < hp.patch_drop_end else 0.0
         if self.mixup is not None:  # mixup / cutmix only inside their window of training
-            done = self.clock.progress(self.global_step)
             self.mixing = hp.mixup_start <= done < hp.mixup_end
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -56,7 +56,7 @@ def _layer_norm(norm: nn.Module, x: Tensor) -> Tensor:
     return (x - mean) / std.detach() * norm.weight + norm.bias
 
 
-def _attention(attn: Attention, x: Tensor, cp: bool) -> Tensor:
+def _attention(attn: Attention, x: Tensor, cp: bool, d2: Tensor | None) -> Tensor:
     B, N, C = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
     q, k, v = qkv.unbind(0)
@@ -64,13 +64,15 @@ def _attention(attn: Attention, x: Tensor, cp: bool) -> Tensor:
         q, k = q.detach(), k.detach()
     else:  # uniform rule on the two bilinear products q k^T and A v
         q, k, v = _DivideGrad.apply(q, 4.0), _DivideGrad.apply(k, 4.0), _DivideGrad.apply(v, 2.0)
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
+    bias = attn.bias(d2)  # the locality bias (attn_locality): a constant, as a linear layer's bias is
+    weights = (logits if bias is None else logits + bias).softmax(dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, D)
     return attn.proj(out)
 
 
-def _block(blk: Block, x: Tensor, cp: bool) -> Tensor:
-    x = x + _attention(blk.attn, _layer_norm(blk.norm1, x), cp)
+def _block(blk: Block, x: Tensor, cp: bool, d2: Tensor | None) -> Tensor:
+    x = x + _attention(blk.attn, _layer_norm(blk.norm1, x), cp, d2)
     mlp = blk.mlp
     return x + mlp.fc2(_ProportionalGelu.apply(mlp.fc1(_layer_norm(blk.norm2, x))))
 
@@ -78,10 +80,11 @@ def _block(blk: Block, x: Tensor, cp: bool) -> Tensor:
 def relevance_forward(model: VisionTransformer, x: Tensor, cp: bool = False) -> tuple[Tensor, Tensor]:
     """(input tokens (B, P + N, D) as a leaf that requires grad, logits (B, C)), the logits equal to model(x) in eval
     mode, the gradient from them to the tokens AttnLRP's."""
-    tokens = model._tokens(x).detach().requires_grad_(True)
+    tokens, d2 = model.tokens_and_distances(x)
+    tokens = tokens.detach().requires_grad_(True)
     h = tokens
     for blk in model.blocks:
-        h = _block(blk, h, cp)
+        h = _block(blk, h, cp, d2)
     h = _layer_norm(model.norm, h)
     pooled = h[:, 0] if model.global_pool == "token" else h[:, model.num_prefix_tokens :].mean(dim=1)
     return tokens, model.head(_layer_norm(model.fc_norm, pooled))
