@@ -168,8 +168,6 @@ def locality_slopes(num_heads: int, grid: tuple[int, int]) -> Tensor:
     two patches, in patches), a Gaussian neighbourhood of width 1 / sqrt(slope). The last head starts global (0);
     the others' widths grow geometrically from 1 patch to half the grid (8 x 8 patches, 4 heads: 1, 0.25, 0.0625, 0),
     so the model sees at several scales from its first step, as a convolution does, and learns how local to stay."""
-    if num_heads == 1:
-        return torch.zeros(1)
     widest = max(1.0, max(grid) / 2)
     n = num_heads - 1
     widths = torch.tensor([widest ** (i / max(1, n - 1)) for i in range(n)])  # 1 ... widest patches

@@ -14,20 +14,28 @@ from pathlib import Path
 import torch
 
 
+def _first_processor(cpuinfo: str | Path) -> dict[str, str] | None:
+    """The first processor's fields in /proc/cpuinfo (the cores of one VM are alike); None where it is missing."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU as figures should name it, e.g. "AMD EPYC (family 25 model 17; avx512_bf16)": a VM's model name alone
     ("AMD EPYC") does not tell a Zen 3 from a Zen 5. Falls back to the machine type where /proc/cpuinfo is missing."""
 
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
+    fields = _first_processor(cpuinfo)
+    if fields is None:
         return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the first processor's block is enough: the cores of one VM are alike
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
@@ -57,15 +65,7 @@ def cpu_supports_bf16() -> bool:
 
 def cpu_vendor(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The first processor's vendor_id ("GenuineIntel", "AuthenticAMD", ...); "" where /proc/cpuinfo has none."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
-            return value.strip()
-    return ""
+    return (_first_processor(cpuinfo) or {}).get("vendor_id", "")
 
 
 def cpu_bf16_training_pays() -> bool:
