@@ -267,13 +267,12 @@ def _forced_path_fn(model: VisionTransformer, x: torch.Tensor, path: str, bf16: 
     """A no-grad forward with every block on one attention path, whatever explicit_attention_faster would pick."""
 
     def call() -> object:
-        rule = vit_model.explicit_attention_faster
-        vit_model.explicit_attention_faster = lambda _x, _training: path == "explicit"
+        model.set_fused_attn(path == "sdpa")
         try:
             with torch.no_grad(), _autocast(device, bf16):
                 return model(x)
         finally:
-            vit_model.explicit_attention_faster = rule
+            model.set_fused_attn(None)
 
     return call
 

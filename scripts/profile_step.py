@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vit_app.cli import build_cli  # noqa: E402
+from vit_app.module import downsample  # noqa: E402
 
 
 def timed(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -58,6 +59,8 @@ def main() -> None:
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
     x, y = next(loader)[:2]
+    if module.hparams.low_res_size:  # the low-resolution phase's step, as training takes it
+        x = downsample(x, module.hparams.low_res_size)
     model = module.model.train()
     model.patch_drop_rate = module.hparams.patch_drop_rate
     opt = module.build_optimizer()

@@ -153,3 +153,21 @@ def test_fp32_overlay_gives_the_recipe_it_was_measured_with(cifar_root: Path, tm
         "model.weight_decay",
         "model.drop_path_rate",
     }
+
+
+def test_final_fit_overlay_trains_on_every_image_without_validation(tmp_path: Path, recwarn) -> None:  # noqa: ANN001
+    """configs/cpu/final_fit.yaml, stacked after a recipe, holds nothing out and never validates: the run keeps
+    every epoch's checkpoint the recipe asks for and last.ckpt, and writes no best.ckpt (no score to pick it by)."""
+    overlay = CONFIGS / "cpu" / "final_fit.yaml"
+    assert "vit-app fit --config configs/cifar10_cpu.yaml --config configs/cpu/final_fit.yaml" in overlay.read_text()
+    assert yaml.safe_load(overlay.read_text()) == {"data": {"val_holdout": 0}, "trainer": {"limit_val_batches": 0}}
+    out = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    tiny = ["--model.embed_dim", "32", "--model.depth", "1", "--model.num_heads", "2", "--data.val_holdout", "16"]
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), *tiny, "--config", str(overlay), *out]
+    args += ["--data.synthetic_train_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "2"]
+    cli = build_cli(["fit", *args, "--trainer.enable_progress_bar", "false"])
+    assert cli.datamodule.val_holdout == 0  # the overlay comes after the flag that set 16, and wins
+    assert cli.trainer.global_step == 8  # 64 images, batch 16, 2 epochs: every image trained on
+    ckpts = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
+    assert "last.ckpt" in ckpts and "best.ckpt" not in ckpts, ckpts
+    assert not [w for w in recwarn if "monitored key" in str(w.message)]

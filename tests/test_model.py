@@ -100,7 +100,7 @@ def test_fused_and_explicit_attention_agree_and_maps_are_returned() -> None:
         fused = m(x)
         m.set_fused_attn(False)
         explicit = m(x)
-        m.set_fused_attn(True)
+        m.set_fused_attn(None)
         logits, attns = m.forward_with_attention(x)
     tol = 1e-5 * max(1.0, fused.abs().max().item())  # SDPA's blockwise softmax vs ours: rounding only
     assert (fused - explicit).abs().max().item() <= tol
@@ -376,6 +376,31 @@ def test_locality_bias_is_minus_slope_times_squared_patch_distance(kw: dict) -> 
     assert expected[0, 0, P + 5, P + 5] > expected[0, 3, P + 5, P + 5]  # the steep head keeps more to itself
 
 
+def test_set_fused_attn_forces_a_path_and_none_restores_the_measured_rule(monkeypatch) -> None:  # noqa: ANN001
+    m = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+    calls: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    monkeypatch.setattr(vit_model, "explicit_attention_faster", lambda _x, _training: True)  # the rule: explicit
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ruled = m(x)
+        assert calls == []
+        m.set_fused_attn(True)  # SDPA in both blocks, whatever the rule says
+        forced = m(x)
+        assert len(calls) == 2
+        m.set_fused_attn(None)
+        m(x)
+        assert len(calls) == 2  # back on the rule
+        monkeypatch.setattr(vit_model, "explicit_attention_faster", lambda _x, _training: False)
+        m.set_fused_attn(False)
+        m(x)
+        assert len(calls) == 2  # explicit, though the rule now says SDPA
+    torch.testing.assert_close(forced, ruled, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kw", LOCAL_SHAPES)
 def test_locality_fused_and_explicit_paths_agree_and_zero_slopes_are_the_plain_model(kw: dict) -> None:
     m = VisionTransformer(**{**kw, "img_size": 48, "patch_size": 4}, attn_locality=True).eval()
@@ -385,7 +410,7 @@ def test_locality_fused_and_explicit_paths_agree_and_zero_slopes_are_the_plain_m
         fused = m(x)
         m.set_fused_attn(False)
         explicit = m(x)
-        m.set_fused_attn(True)
+        m.set_fused_attn(None)
     assert not explicit_attention_faster(torch.zeros(3, fused.shape[0] + 144, 32), training=False)
     torch.testing.assert_close(fused, explicit, atol=1e-5 * max(1.0, fused.abs().max().item()), rtol=0)
     plain = VisionTransformer(**{**kw, "img_size": 48, "patch_size": 4}).eval()
@@ -434,6 +459,10 @@ def test_locality_slopes_are_learned_on_adamw_without_weight_decay() -> None:
             assert not group.get("muon") and group["weight_decay"] == 0.0
     timm_names = set(TimmViT(**m.config.timm_kwargs()).state_dict())
     assert set(m.state_dict()) - timm_names == {f"blocks.{i}.attn.locality" for i in range(2)}
-    assert not m.config.timm_expressible()
+    assert m.config.timm_inexpressible() == ["attn_locality"]
+    assert (
+        VisionTransformer(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3).config.timm_inexpressible()
+        == []
+    )
     with pytest.raises(ValueError, match="attn_locality must be true or false"):
         VisionTransformer(attn_locality="yes")

@@ -65,6 +65,16 @@ def test_non_finite_loss_stops_with_advice() -> None:
         m.training_step((x, y), 0)
 
 
+@pytest.mark.parametrize("bad", [30, 32, 36, 0, -4, True])
+def test_low_res_size_is_checked(bad: int) -> None:
+    rule = r"model.low_res_size must be a multiple of the patch size \(4\) below img_size \(32\)"
+    with pytest.raises(ConfigError, match=rule):
+        ViTClassifier(patch_size=4, img_size=32, low_res_size=bad)
+    with pytest.raises(ConfigError, match="model.low_res_end"):
+        ViTClassifier(patch_size=4, img_size=32, low_res_size=24, low_res_end=1.5)
+    assert ViTClassifier(patch_size=4, img_size=32, low_res_size=24).low_res
+
+
 def test_patch_drop_end_is_checked() -> None:
     with pytest.raises(ConfigError, match="model.patch_drop_end"):
         ViTClassifier(patch_drop_rate=0.5, patch_drop_end=1.5)

@@ -116,6 +116,28 @@ def test_patch_dropout_runs_until_patch_drop_end_then_stops(tmp_path: Path) -> N
     _assert_trained(cli)
 
 
+class SizeLog(Callback):
+    """Records the side of the images the model's patch embedding sees at every training step."""
+
+    def __init__(self) -> None:
+        self.sides: list[int] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        pl_module.model.patch_embed.register_forward_pre_hook(lambda _m, args: self.sides.append(args[0].shape[-1]))
+
+
+def test_low_res_phase_trains_on_downsampled_batches_until_low_res_end(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "8"]
+    args += ["--trainer.limit_val_batches", "0"]
+    args += ["--data.synthetic_train_size", "128", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--model.low_res_size", "16", "--model.low_res_end", "0.5"]  # quickstart: 32 px, patch 8
+    args += ["--trainer.callbacks+=tests.test_train.SizeLog"]
+    cli = _fit(args, tmp_path)
+    log = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SizeLog")
+    assert log.sides == [16] * 4 + [32] * 4  # steps 0-3 of 8 see 16 px (a 2x2 grid), the last half 32 px
+    _assert_trained(cli)
+
+
 class MixLog(Callback):
     """Wraps the module's timm Mixup to record, step by step, whether a batch went through it."""
 

@@ -99,10 +99,10 @@ With vit-app: `vit-app classify image.jpg --ckpt DIR` (a local copy of this fold
 def write_timm_folder(state: dict[str, torch.Tensor], card: ModelCard, out: str | os.PathLike) -> Path:
     """Write config.json, model.safetensors and README.md into the folder `out`."""
     out = Path(out)
-    if not card.model.timm_expressible():
+    if ours := card.model.timm_inexpressible():
         raise CheckpointError(
-            "--format timm: this model uses attn_locality (a learned locality bias in attention), which timm's "
-            "VisionTransformer cannot build; export it as .safetensors, .onnx or .pt instead"
+            f"--format timm: this model uses {', '.join(ours)}, which timm's VisionTransformer cannot build; "
+            "export it as .safetensors, .onnx or .pt instead"
         )
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out}: is a file; the timm format is a folder")

@@ -112,9 +112,10 @@ class ViTConfig:
             d["img_size"] = tuple(d["img_size"])
         return cls(**d)
 
-    def timm_expressible(self) -> bool:
-        """Whether timm's VisionTransformer builds this model, outputs and all (False with attn_locality)."""
-        return not any(getattr(self, k) for k in TIMM_INEXPRESSIBLE)
+    def timm_inexpressible(self) -> list[str]:
+        """The options this model uses that timm's VisionTransformer cannot build (e.g. attn_locality); [] when
+        timm builds it, outputs and all."""
+        return sorted(k for k in TIMM_INEXPRESSIBLE if getattr(self, k))
 
     def timm_kwargs(self) -> dict[str, Any]:
         """The arguments of timm's VisionTransformer that build the same weights."""
@@ -312,7 +313,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.fused_attn = True  # SDPA (flash / memory-efficient kernels) unless the maps are asked for (or CPU bf16)
+        self.fused_attn: bool | None = None  # None: the measured rule (explicit_attention_faster); True: SDPA;
+        # False: the explicit softmax. The maps, when asked for, and a learned bias always take the explicit path.
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -333,7 +335,8 @@ class Attention(nn.Module):
         bias = self.bias(d2)  # (B, h, N, N) or None
         attn: Tensor | None = None
         learn_bias = bias is not None and bias.requires_grad  # SDPA's CPU kernels pass no gradient to attn_mask
-        if self.fused_attn and not need_attn and not learn_bias and not explicit_attention_faster(x, self.training):
+        sdpa = self.fused_attn if self.fused_attn is not None else not explicit_attention_faster(x, self.training)
+        if sdpa and not need_attn and not learn_bias:
             p = self.attn_drop.p if self.training else 0.0
             mask = bias.to(q.dtype) if bias is not None else None
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, N, hd)
@@ -482,8 +485,9 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "reg_token"}
 
-    def set_fused_attn(self, enable: bool) -> None:
-        """Switch every block between SDPA and the explicit softmax path (tests compare the two)."""
+    def set_fused_attn(self, enable: bool | None) -> None:
+        """Put every block on SDPA (True) or the explicit softmax path (False), or back on the measured rule (None):
+        tests and the benchmark compare the two."""
         for blk in self.blocks:
             blk.attn.fused_attn = enable
 

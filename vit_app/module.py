@@ -28,6 +28,11 @@ ARCH_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_
              "no_embed_class", "global_pool", "fc_norm")  # fmt: skip
 
 
+def downsample(x: Tensor, side: int) -> Tensor:
+    """A batch (B, C, H, W) resized to (B, C, side, side), bilinear and antialiased (the low-resolution phase)."""
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
 class ViTClassifier(L.LightningModule):
     """Trains a VisionTransformer for classification.
 
@@ -67,6 +72,11 @@ class ViTClassifier(L.LightningModule):
             build such a model, so `export --format timm` refuses it.
         patch_drop_end: share of training (of the time budget, or of the steps) after which PatchDropout stops, so
             the last part trains on every token, as evaluation sees them. 1.0 = dropout to the end.
+        low_res_size: progressive resizing: train on each batch downsampled (bilinear, antialiased) to this side, a
+            multiple of the patch size below img_size, until low_res_end; the whole image at fewer tokens (24 px
+            with patch 4: 36 tokens against 64), the position embedding resampled to the smaller grid. None = off.
+        low_res_end: share of training (of the time budget, or of the steps) after which training is at img_size,
+            as evaluation sees it.
         optimizer: "adamw", or "muon": Muon (orthogonalised momentum) for the blocks' weight matrices and AdamW for
             the rest, at the same lr and weight_decay (Muon's step is scaled to AdamW's size).
         muon_momentum: Muon's (Nesterov) momentum.
@@ -128,6 +138,8 @@ class ViTClassifier(L.LightningModule):
         attn_init: Literal["trunc_normal", "mimetic"] = "trunc_normal",
         attn_locality: bool = False,
         patch_drop_end: float = 1.0,
+        low_res_size: int | None = None,
+        low_res_end: float = 0.6,
         optimizer: OptimizerName = "adamw",
         muon_momentum: float = MUON_MOMENTUM,
         muon_ns_steps: int = MUON_NS_STEPS,
@@ -155,6 +167,7 @@ class ViTClassifier(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
         require(0.0 <= patch_drop_end <= 1.0, "model.patch_drop_end", "be in [0, 1]", patch_drop_end)
+        require(0.0 <= low_res_end <= 1.0, "model.low_res_end", "be in [0, 1]", low_res_end)
         require(lr > 0, "model.lr", "be > 0", lr)
         require(0 <= muon_momentum < 1, "model.muon_momentum", "be in [0, 1)", muon_momentum)
         require(muon_ns_steps >= 1, "model.muon_ns_steps", "be 1 or more", muon_ns_steps)
@@ -189,6 +202,11 @@ class ViTClassifier(L.LightningModule):
             )  # fmt: skip
         except ValueError as e:
             raise ConfigError(f"model.{e}") from None
+        p, side = self.model_config.patch_size, img_size
+        require(low_res_size is None or (not isinstance(low_res_size, bool) and 0 < low_res_size < side
+                                         and low_res_size % p == 0),
+                "model.low_res_size", f"be a multiple of the patch size ({p}) below img_size ({side}), or null",
+                low_res_size)  # fmt: skip
         self.model = VisionTransformer(self.model_config)
         if pretrained:
             load_pretrained(self.model, pretrained)
@@ -196,6 +214,7 @@ class ViTClassifier(L.LightningModule):
         self.clock = TrainingClock(time_budget_min)
         self.mixup = None
         self.mixing = True  # inside the [mixup_start, mixup_end) window of training (on_train_batch_start)
+        self.low_res = low_res_size is not None  # before low_res_end: train on downsampled batches
         if mixup_alpha > 0 or cutmix_alpha > 0:
             from timm.data import Mixup
 
@@ -236,6 +255,8 @@ class ViTClassifier(L.LightningModule):
             x, y = x[:-1], y[:-1]  # file sheds its last image
         if y.numel() == 0:
             return None  # every image of this batch was unreadable: no step
+        if self.low_res:  # progressive resizing: fewer tokens for the same image
+            x = downsample(x, self.hparams.low_res_size)
         if mix:
             x, y_soft = self.mixup(x, y)
             logits = self._train_forward(x)
@@ -264,6 +285,8 @@ class ViTClassifier(L.LightningModule):
         done = self.clock.progress(self.global_step)  # share of training done, on the budget's clock or in steps
         if hp.patch_drop_rate > 0:  # PatchDropout until patch_drop_end, then every token (as in evaluation)
             self.model.patch_drop_rate = hp.patch_drop_rate if done < hp.patch_drop_end else 0.0
+        if hp.low_res_size is not None:  # downsampled batches until low_res_end, then img_size (as in evaluation)
+            self.low_res = done < hp.low_res_end
         if self.mixup is not None:  # mixup / cutmix only inside their window of training
             self.mixing = hp.mixup_start <= done < hp.mixup_end
 

@@ -90,6 +90,8 @@ class ViTCLI(LightningCLI):
                                   f"got {cfg.get(section)!r}")  # fmt: skip
         if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
             self._resolve_last(cfg)
+        if self.subcommand == "fit" and cfg["trainer"].get("limit_val_batches") == 0:  # no validation (final fit):
+            cfg["checkpoint"]["monitor"], cfg["checkpoint"]["save_top_k"] = None, 0  # no best.ckpt; last.ckpt stays
         if cfg.get("ckpt_path"):
             cfg["model"]["pretrained"] = None  # the checkpoint's weights replace them anyway: no download
         if self.subcommand in EVAL_COMMANDS:
