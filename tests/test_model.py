@@ -136,7 +136,7 @@ def test_attention_maps_are_the_ones_used_for_the_output() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _, (attn,) = m.forward_with_attention(x)
-        tokens = m._tokens(x)
+        tokens = m.tokens_and_distances(x)[0]
         h = m.blocks[0].norm1(tokens)
         q, k, _ = m.blocks[0].attn.qkv(h).reshape(2, 17, 3, 2, 16).permute(2, 0, 3, 1, 4)
         expected = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1)
@@ -257,9 +257,9 @@ def test_patch_dropout_keeps_prefix_and_a_random_subset_of_patches_in_training_o
     x = torch.randn(4, 3, 32, 32)
     P = 1 if class_token else 0
     with torch.no_grad():
-        full = plain._tokens(x)  # (4, P + 64, 32): no dropping (rate 0)
+        full = plain.tokens_and_distances(x)[0]  # (4, P + 64, 32): no dropping (rate 0)
         dropping.train()
-        kept = dropping._tokens(x)  # (4, P + 32, 32)
+        kept = dropping.tokens_and_distances(x)[0]  # (4, P + 32, 32)
         assert kept.shape == (4, P + 32, 32)
         torch.testing.assert_close(kept[:, :P], full[:, :P], rtol=0, atol=0)  # the class token always stays
         for b in range(4):
@@ -267,7 +267,7 @@ def test_patch_dropout_keeps_prefix_and_a_random_subset_of_patches_in_training_o
             match = (kept[b, P:, None, :] == full[b, None, P:, :]).all(-1)  # (32, 64)
             assert match.sum(1).tolist() == [1] * 32
             assert match.any(0).sum().item() == 32
-        assert not torch.equal(dropping._tokens(x), kept)  # a fresh subset per call
+        assert not torch.equal(dropping.tokens_and_distances(x)[0], kept)  # a fresh subset per call
         dropping.eval()  # evaluation sees every token: the same logits as the model without dropout
         torch.testing.assert_close(dropping(x), plain.eval()(x), rtol=0, atol=0)
 
@@ -368,7 +368,7 @@ def test_locality_bias_is_minus_slope_times_squared_patch_distance(kw: dict) -> 
             d2[P + i, P + j] = (ri - rj) ** 2 + (ci - cj) ** 2
     with torch.no_grad():
         _, attns = m.forward_with_attention(x)
-        h = m.blocks[0].norm1(m._tokens(x))
+        h = m.blocks[0].norm1(m.tokens_and_distances(x)[0])
         q, k, _ = m.blocks[0].attn.qkv(h).reshape(2, P + 16, 3, 4, 8).permute(2, 0, 3, 1, 4)
         slopes = torch.tensor([2.0, 0.5, 0.1, 0.0]).view(1, 4, 1, 1)
         expected = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5 - slopes * d2, dim=-1)

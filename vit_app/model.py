@@ -500,10 +500,6 @@ class VisionTransformer(nn.Module):
             return torch.cat([*prefix, x + pos], dim=1)  # (B, P + N, D)
         return torch.cat([*prefix, x], dim=1) + pos  # (B, P + N, D)
 
-    def _tokens(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> the tokens the blocks see (B, prefix + N, D), PatchDropout applied in training."""
-        return self.tokens_and_distances(x)[0]
-
     def tokens_and_distances(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The blocks' input tokens (B, P + N, D) and, with attn_locality, the squared distances between them
         (B or 1, P + N, P + N) that every block's locality bias reads; None without it."""

@@ -61,8 +61,8 @@ def load_pretrained(model: VisionTransformer, source: str) -> None:
             f"model.pretrained: {source} holds weights of a different model ({detail}); match model.arch "
             "(embed_dim, depth, num_heads, patch_size) to the weights"
         )
-    fresh = ("head.", "attn.locality")  # a new head; locality slopes (attn_locality), which timm weights never hold
-    missing = [k for k in ours if k not in state and not k.startswith(fresh[0]) and not k.endswith(fresh[1])]
+    # a new head may start fresh, and so do locality slopes (attn_locality), which timm weights never hold
+    missing = [k for k in ours if k not in state and not k.startswith("head.") and not k.endswith("attn.locality")]
     if missing:
         raise CheckpointError(f"model.pretrained: {source} lacks {', '.join(missing[:4])}")
     model.load_state_dict(state, strict=False)
