@@ -12,18 +12,34 @@ from vit_app.errors import ConfigError
 from vit_app.module import ViTClassifier
 from vit_app.optim import param_groups
 from vit_app.precision import choose_precision
-from vit_app.schedule import warmup_cosine
+from vit_app.schedule import warmup_decay
 from vit_app.tta import tta_logits
 
 
-def test_warmup_cosine_values() -> None:
-    assert warmup_cosine(0, 10, 110) == pytest.approx(0.1)
-    assert warmup_cosine(9, 10, 110) == pytest.approx(1.0)
-    assert warmup_cosine(10, 10, 110) == pytest.approx(1.0)
-    assert warmup_cosine(60, 10, 110) == pytest.approx(0.5)
-    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
-    assert warmup_cosine(50, 10, 110, progress=0.5) == pytest.approx(0.5)  # time-based position
-    assert warmup_cosine(50, 10, 110, progress=2.0) == pytest.approx(0.0)
+def test_warmup_decay_values() -> None:
+    assert warmup_decay(0, 10, 110) == pytest.approx(0.1)
+    assert warmup_decay(9, 10, 110) == pytest.approx(1.0)
+    assert warmup_decay(10, 10, 110) == pytest.approx(1.0)
+    assert warmup_decay(60, 10, 110) == pytest.approx(0.5)
+    assert warmup_decay(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_decay(50, 10, 110, progress=0.5) == pytest.approx(0.5)  # time-based position
+    assert warmup_decay(50, 10, 110, progress=2.0) == pytest.approx(0.0)
+    assert warmup_decay(35, 10, 110, shape="linear") == pytest.approx(0.75)
+    assert warmup_decay(35, 10, 110, min_ratio=0.2, shape="linear") == pytest.approx(0.2 + 0.8 * 0.75)
+    assert warmup_decay(50, 10, 110, shape="linear", hold=0.4) == pytest.approx(1.0)  # held to 40 % of 100 steps
+    assert warmup_decay(80, 10, 110, shape="linear", hold=0.4) == pytest.approx(0.5)  # halfway down 40 % -> 100 %
+    assert warmup_decay(80, 10, 110, hold=0.4) == pytest.approx(0.5)  # the cosine's midpoint
+    assert warmup_decay(0, 0, 10, progress=0.7, shape="linear", hold=0.4) == pytest.approx(0.5)
+    assert warmup_decay(0, 0, 10, progress=1.3, shape="linear", hold=0.4) == pytest.approx(0.0)
+
+
+def test_lr_schedule_and_hold_are_checked() -> None:
+    with pytest.raises(ConfigError, match="model.lr_schedule must be one of cosine, linear, got 'step'"):
+        ViTClassifier(lr_schedule="step")  # type: ignore[arg-type]
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ConfigError, match=r"model.lr_hold must be in \[0, 1\)"):
+            ViTClassifier(lr_hold=bad)
+    assert ViTClassifier(lr_schedule="linear", lr_hold=0.5).hparams.lr_hold == 0.5
 
 
 def test_weight_decay_groups() -> None:

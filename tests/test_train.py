@@ -171,6 +171,29 @@ def test_mixup_applies_only_inside_its_window_of_training(tmp_path: Path) -> Non
     _assert_trained(cli)
 
 
+class LrLog(Callback):
+    """The learning rate each training step runs at."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_linear_schedule_holds_the_peak_then_decays_to_min_lr(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps", "8"]
+    args += ["--trainer.limit_val_batches", "0", "--model.optimizer", "adamw", "--model.lr", "0.01"]
+    args += ["--data.synthetic_train_size", "128", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--model.warmup_epochs", "0", "--model.min_lr_ratio", "0.2"]
+    args += ["--model.lr_schedule", "linear", "--model.lr_hold", "0.5", "--trainer.callbacks+=tests.test_train.LrLog"]
+    cli = _fit(args, tmp_path)
+    log = next(c for c in cli.trainer.callbacks if type(c).__name__ == "LrLog")
+    want = [0.01] * 5 + [0.01 * (0.2 + 0.8 * f) for f in (0.75, 0.5, 0.25)]  # held to step 4 of 8, then a line
+    assert log.lrs == pytest.approx(want)
+    _assert_trained(cli)
+
+
 def test_muon_fit_saves_and_resumes_both_optimiser_halves(tmp_path: Path) -> None:
     args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.limit_val_batches", "0"]
     args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]

@@ -20,7 +20,7 @@ from vit_app.model import PRESETS, VisionTransformer, ViTConfig, preset_config
 from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_optimizer
 from vit_app.pretrained import load_pretrained
 from vit_app.rng import rng_states, set_rng_states
-from vit_app.schedule import TrainingClock, warmup_cosine
+from vit_app.schedule import LR_SCHEDULES, TrainingClock, warmup_decay
 from vit_app.tta import TTA, TTA_CHOICES, tta_logits
 
 # ViTClassifier arguments that are ViTConfig fields (timm's names): the CLI sets them from a checkpoint's card.
@@ -86,7 +86,11 @@ class ViTClassifier(L.LightningModule):
         weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
         warmup_epochs: linear warm-up length, in epochs (may be fractional).
-        min_lr_ratio: the cosine schedule ends at lr * min_lr_ratio.
+        min_lr_ratio: the schedule ends at lr * min_lr_ratio.
+        lr_schedule: the decay after warm-up: "cosine", or "linear" (a straight line to lr * min_lr_ratio).
+        lr_hold: share of training (of the time budget, or of the steps) held at the peak lr before the decay
+            starts; 0 decays from the end of warm-up, 0.4 holds to 40 % and decays over the last 60 %
+            (warmup-stable-decay).
         label_smoothing: label smoothing of the cross-entropy.
         mixup_alpha: timm Mixup alpha (0 = off).
         cutmix_alpha: timm CutMix alpha (0 = off).
@@ -95,7 +99,7 @@ class ViTClassifier(L.LightningModule):
         mixup_end: share of training after which they stop; 0 and 1 (the defaults) mix throughout.
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999); validation,
             test and inference then use the averaged weights. None = off.
-        time_budget_min: train for this many minutes of wall time (validation included): the cosine follows the
+        time_budget_min: train for this many minutes of wall time (validation included): the lr schedule follows the
             clock instead of the step count and training stops when the time is up. Not bitwise reproducible.
         pretrained: start from these weights, spelled as timm spells them: a timm model name (e.g.
             vit_small_patch16_224.augreg_in21k_ft_in1k) or hf-hub:USER/REPO (both fetched from the Hugging Face hub,
@@ -148,6 +152,8 @@ class ViTClassifier(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 5.0,
         min_lr_ratio: float = 0.01,
+        lr_schedule: Literal["cosine", "linear"] = "cosine",
+        lr_hold: float = 0.0,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -175,6 +181,8 @@ class ViTClassifier(L.LightningModule):
         require(all(0 <= b < 1 for b in betas), "model.betas", "be two numbers in [0, 1)", list(betas))
         require(warmup_epochs >= 0, "model.warmup_epochs", "be >= 0", warmup_epochs)
         require(0 <= min_lr_ratio <= 1, "model.min_lr_ratio", "be in [0, 1]", min_lr_ratio)
+        require(lr_schedule in LR_SCHEDULES, "model.lr_schedule", f"be one of {', '.join(LR_SCHEDULES)}", lr_schedule)
+        require(0 <= lr_hold < 1, "model.lr_hold", "be in [0, 1)", lr_hold)
         require(0 <= label_smoothing < 1, "model.label_smoothing", "be in [0, 1)", label_smoothing)
         require(mixup_alpha >= 0, "model.mixup_alpha", "be >= 0 (0 = off)", mixup_alpha)
         require(cutmix_alpha >= 0, "model.cutmix_alpha", "be >= 0 (0 = off)", cutmix_alpha)
@@ -326,10 +334,11 @@ class ViTClassifier(L.LightningModule):
         self.clock.total_steps, self._steps_per_epoch = total, per_epoch
         warmup = min(int(hp.warmup_epochs * per_epoch), max(0, total - 1))
         min_ratio, clock, budgeted = hp.min_lr_ratio, self.clock, hp.time_budget_min is not None
+        shape, hold = hp.lr_schedule, hp.lr_hold
 
         def schedule(step: int) -> float:
-            progress = clock.time_progress() if budgeted else None  # the cosine follows the clock in a budget
-            return warmup_cosine(step, warmup, total, min_ratio, progress=progress)
+            progress = clock.time_progress() if budgeted else None  # the decay follows the clock in a budget
+            return warmup_decay(step, warmup, total, min_ratio, progress, shape, hold)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

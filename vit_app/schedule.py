@@ -5,17 +5,27 @@ from __future__ import annotations
 import math
 import time
 
+LR_SCHEDULES = ("cosine", "linear")  # shapes of the decay after warm-up (model.lr_schedule)
 
-def warmup_cosine(
-    step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0, progress: float | None = None
+
+def warmup_decay(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float = 0.0,
+    progress: float | None = None,
+    shape: str = "cosine",
+    hold: float = 0.0,
 ) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1 over `warmup_steps`, then cosine down to `min_ratio` at the end.
-    `progress` in [0, 1], when given, replaces the step-based position in the cosine (time-budgeted runs)."""
+    """LR multiplier: linear warm-up from ~0 to 1 over `warmup_steps`, then held at 1 for the first `hold` share of
+    training, then down to `min_ratio` at the end along a cosine (`shape="cosine"`) or a straight line ("linear").
+    `progress` in [0, 1], when given, replaces the step-based position (time-budgeted runs)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     t = progress if progress is not None else (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    t = min(1.0, max(0.0, t))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+    t = min(1.0, max(0.0, t - hold) / (1.0 - hold))  # position in the decay, 0 until `hold`
+    decay = 0.5 * (1.0 + math.cos(math.pi * t)) if shape == "cosine" else 1.0 - t
+    return min_ratio + (1.0 - min_ratio) * decay
 
 
 class TrainingClock:
