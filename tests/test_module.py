@@ -109,6 +109,13 @@ def test_muon_settings_reach_the_optimiser_and_are_checked() -> None:
         ViTClassifier(optimizer="muon", muon_momentum=1.0)
     with pytest.raises(ConfigError, match="model.muon_ns_steps must be 1 or more, got 0"):
         ViTClassifier(optimizer="muon", muon_ns_steps=0)
+    kernel = m.model.patch_embed.proj.weight
+    assert not any(p is kernel for g in muon_groups for p in g["params"])  # AdamW steps it by default
+    m = ViTClassifier(arch="vit_cifar_tiny", depth=1, optimizer="muon", muon_embed=True)
+    kernel = m.model.patch_embed.proj.weight
+    assert any(p is kernel for g in m.build_optimizer().param_groups if g.get("muon") for p in g["params"])
+    with pytest.raises(ConfigError, match="model.muon_embed must go with model.optimizer muon, got True"):
+        ViTClassifier(optimizer="adamw", muon_embed=True)
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror() -> None:

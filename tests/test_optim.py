@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vit_app.model import VisionTransformer
-from vit_app.optim import MuonAdamW, param_groups
+from vit_app.optim import BatchedMuon, MuonAdamW, param_groups
 
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -45,6 +45,31 @@ def test_muon_groups_hold_exactly_the_blocks_weight_matrices() -> None:
     every = [names[id(p)] for g in groups for p in g["params"]]
     assert sorted(every) == sorted(names.values())  # each parameter once
     assert all(g["weight_decay"] == 0.05 for g in groups if g.get("muon"))
+
+
+def test_muon_embed_adds_the_patch_embedding_and_nothing_else() -> None:
+    m = _model()
+    names = {id(p): n for n, p in m.named_parameters()}
+    on_muon = {names[id(p)] for g in param_groups(m, 0.05, muon=True, muon_embed=True) if g.get("muon")
+               for p in g["params"]}  # fmt: skip
+    blocks = {f"blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    assert on_muon == blocks | {"patch_embed.proj.weight"}
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon, the reference, is PyTorch >= 2.9")
+def test_a_kernel_steps_as_its_matrix_under_torch_muon() -> None:
+    """The patch embedding's (D, C, P, P) kernel moves exactly as torch.optim.Muon moves the (D, C * P * P) matrix."""
+    kernel = _model().patch_embed.proj.weight  # (32, 3, 4, 4)
+    flat = torch.nn.Parameter(kernel.detach().reshape(32, -1).clone())  # (32, 48)
+    for seed in range(3):
+        g = torch.randn(kernel.shape, generator=torch.Generator().manual_seed(seed))
+        kernel.grad, flat.grad = g.clone(), g.reshape(32, -1).clone()
+        if seed == 0:
+            ours = BatchedMuon([kernel], lr=1e-2, weight_decay=0.05, dtype=torch.bfloat16)
+            ref = torch.optim.Muon([flat], lr=1e-2, weight_decay=0.05, adjust_lr_fn="match_rms_adamw")
+        ours.step(), ref.step()
+    assert torch.equal(kernel.detach().reshape(32, -1), flat.detach())
+    assert (flat - _model().patch_embed.proj.weight.detach().reshape(32, -1)).abs().max() > 1e-3  # it did move
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon, the reference, is PyTorch >= 2.9")
@@ -101,5 +126,5 @@ def test_state_dict_round_trip_continues_the_run_exactly() -> None:
 def test_no_weight_matrix_or_a_non_matrix_is_refused() -> None:
     with pytest.raises(ValueError, match="muon=True"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))]}], lr=1e-3)
-    with pytest.raises(ValueError, match=r"2-D weight matrices only; got a parameter of shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"weight matrices only; got a parameter of shape \(3,\)"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=1e-3)

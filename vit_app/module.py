@@ -10,13 +10,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_app.card import CARD_KEY, ModelCard, Provenance, read_card
 from vit_app.data.transforms import InputSpec
 from vit_app.errors import CheckpointError, ConfigError, require
-from vit_app.model import PRESETS, VisionTransformer, ViTConfig, preset_config
+from vit_app.memcheck import check_train_memory, free_memory_bytes
+from vit_app.model import PRESETS, VisionTransformer, ViTConfig, explicit_attention_faster, preset_config
 from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_optimizer
 from vit_app.pretrained import load_pretrained
 from vit_app.rng import rng_states, set_rng_states
@@ -82,6 +84,8 @@ class ViTClassifier(L.LightningModule):
         muon_momentum: Muon's (Nesterov) momentum.
         muon_ns_steps: Newton-Schulz iterations that orthogonalise each Muon update (fewer: a cheaper step, a
             rougher orthogonalisation).
+        muon_embed: with optimizer "muon", step the patch embedding's projection with Muon too (as the
+            (embed_dim, 3 x patch x patch) matrix it is) instead of AdamW.
         lr: peak learning rate.
         weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
@@ -147,6 +151,7 @@ class ViTClassifier(L.LightningModule):
         optimizer: OptimizerName = "adamw",
         muon_momentum: float = MUON_MOMENTUM,
         muon_ns_steps: int = MUON_NS_STEPS,
+        muon_embed: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -177,6 +182,7 @@ class ViTClassifier(L.LightningModule):
         require(lr > 0, "model.lr", "be > 0", lr)
         require(0 <= muon_momentum < 1, "model.muon_momentum", "be in [0, 1)", muon_momentum)
         require(muon_ns_steps >= 1, "model.muon_ns_steps", "be 1 or more", muon_ns_steps)
+        require(not muon_embed or optimizer == "muon", "model.muon_embed", "go with model.optimizer muon", muon_embed)
         require(weight_decay >= 0, "model.weight_decay", "be >= 0", weight_decay)
         require(all(0 <= b < 1 for b in betas), "model.betas", "be two numbers in [0, 1)", list(betas))
         require(warmup_epochs >= 0, "model.warmup_epochs", "be >= 0", warmup_epochs)
@@ -250,9 +256,38 @@ class ViTClassifier(L.LightningModule):
         return self.eval_model(x) if not self.training else self.model(x)
 
     def setup(self, stage: str) -> None:
-        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        dm = getattr(self.trainer, "datamodule", None)
+        names = getattr(dm, "class_names", None)
         if stage == "fit" and names and len(names) == len(self.class_names):
             self.class_names = list(names)  # e.g. read from a dataset that prepare_data downloaded after __init__
+        batch = getattr(dm, "batch_size", None)
+        if stage == "fit" and isinstance(batch, int):
+            self._check_memory(batch, self.trainer.strategy.root_device)
+
+    def train_tokens(self) -> tuple[int, str]:
+        """The most tokens a training step carries, and how they arise (for messages)."""
+        cfg, hp = self.model_config, self.hparams
+        side = hp.low_res_size if hp.low_res_size is not None and hp.low_res_end >= 1 else cfg.img_size
+        h, w = (side, side) if isinstance(side, int) else side
+        patches = (h // cfg.patch_size) * (w // cfg.patch_size)
+        if hp.patch_drop_rate > 0 and hp.patch_drop_end >= 1:  # PatchDropout for the whole run: never every patch
+            patches = max(1, int(patches * (1.0 - hp.patch_drop_rate)))
+        tokens = patches + int(cfg.class_token) + cfg.reg_tokens
+        return tokens, f"patch {cfg.patch_size} on {'x'.join(map(str, (h, w)))} px: {tokens:,} tokens"
+
+    def _check_memory(self, batch: int, device: torch.device) -> None:
+        """Refuse a run whose training step cannot fit in the device's free memory; warn when it may not."""
+        cfg = self.model_config
+        tokens, shape = self.train_tokens()
+        precision = str(getattr(self.trainer, "precision", ""))
+        half = precision.startswith(("bf16", "16"))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):  # the path rule's view
+            kept = device.type == "cpu" and explicit_attention_faster(torch.empty(1, tokens, 1), training=True)
+        warning = check_train_memory(batch, tokens, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
+                                     free_memory_bytes(device), shape, half=half,
+                                     attention_kept=kept or cfg.attn_locality)  # fmt: skip
+        if warning:
+            rank_zero_warn(f"vit-app: {warning}")
 
     # --- training ---------------------------------------------------------------------------------------------
 
@@ -325,7 +360,7 @@ class ViTClassifier(L.LightningModule):
     def build_optimizer(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay,
-                               hp.muon_momentum, hp.muon_ns_steps)  # fmt: skip
+                               hp.muon_momentum, hp.muon_ns_steps, hp.get("muon_embed", False))  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

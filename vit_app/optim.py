@@ -22,9 +22,10 @@ MUON_MOMENTUM = 0.95  # Muon defaults (Keller Jordan's and PyTorch's), shared by
 MUON_NS_STEPS = 5
 
 
-def is_muon_param(name: str, p: torch.Tensor) -> bool:
-    """A weight matrix inside a transformer block (qkv, proj, fc1, fc2): what Muon is for."""
-    return name.startswith("blocks.") and p.ndim == 2
+def is_muon_param(name: str, p: torch.Tensor, embed: bool = False) -> bool:
+    """A weight matrix inside a transformer block (qkv, proj, fc1, fc2): what Muon is for; with `embed`, also the
+    patch embedding's projection (D, C, P, P), stepped as the (D, C * P * P) matrix it is."""
+    return (name.startswith("blocks.") and p.ndim == 2) or (embed and name == "patch_embed.proj.weight")
 
 
 def _run_closure(closure: Callable[[], Any] | None) -> Any:
@@ -68,7 +69,8 @@ class BatchedMuon(torch.optim.Optimizer):
     """The update of torch.optim.Muon (PyTorch >= 2.9) with `adjust_lr_fn="match_rms_adamw"`, orthogonalising all
     matrices of one shape in one batched call (a ViT has four shapes, each once per block): on 2 CPU cores its step
     measured 22 ms -> 13 ms for the cifar10_cpu model. Same state (`momentum_buffer`), bitwise the same update
-    (tests/test_optim.py), and it runs on every PyTorch this package supports."""
+    (tests/test_optim.py), and it runs on every PyTorch this package supports. A parameter of more than two
+    dimensions (a patch embedding's (D, C, P, P) kernel) is stepped as its (D, C * P * P) matrix."""
 
     def __init__(
         self,
@@ -85,8 +87,8 @@ class BatchedMuon(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"Muon steps 2-D weight matrices only; got a parameter of shape {tuple(p.shape)}")
+                if p.ndim < 2:
+                    raise ValueError(f"Muon steps weight matrices only; got a parameter of shape {tuple(p.shape)}")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -100,14 +102,14 @@ class BatchedMuon(torch.optim.Optimizer):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - mu)
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                by_shape.setdefault(p.shape, []).append((p, update))
+                by_shape.setdefault(torch.Size((len(p), p[0].numel())), []).append((p, update))  # (D, rest)
             for shape, pairs in by_shape.items():
-                stacked = torch.stack([u for _, u in pairs])
+                stacked = torch.stack([u.reshape(shape) for _, u in pairs])  # (n, A, B)
                 dtype = self.dtype or ns_dtype(stacked.device)
                 ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
                 step_lr = lr * 0.2 * math.sqrt(max(shape))  # "match_rms_adamw": the RMS of an AdamW step
                 for (p, _), o in zip(pairs, ortho):
-                    p.mul_(1 - lr * decay).add_(o, alpha=-step_lr)
+                    p.mul_(1 - lr * decay).add_(o.view_as(p), alpha=-step_lr)
         return loss
 
 
@@ -170,10 +172,12 @@ def param_groups(
     lr: float = 1e-3,
     layer_decay: float | None = None,
     muon: bool = False,
+    muon_embed: bool = False,
 ) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices; none on norms, biases, position and class embeddings; with
     `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer). With `muon`, the
-    blocks' weight matrices go to groups of their own marked muon=True (see MuonAdamW)."""
+    blocks' weight matrices (and, with `muon_embed`, the patch embedding's) go to groups of their own marked
+    muon=True (see MuonAdamW)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = len(getattr(model, "blocks", []))
     groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
@@ -182,7 +186,7 @@ def param_groups(
             continue
         no_decay = p.ndim <= 1 or name in skip
         layer = layer_id(name, depth) if layer_decay is not None else depth + 1
-        to_muon = muon and is_muon_param(name, p)
+        to_muon = muon and is_muon_param(name, p, embed=muon_embed)
         g = groups.setdefault(
             (layer, no_decay, to_muon), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
         )
@@ -203,10 +207,11 @@ def build_optimizer(
     layer_decay: float | None = None,
     muon_momentum: float = MUON_MOMENTUM,
     muon_ns_steps: int = MUON_NS_STEPS,
+    muon_embed: bool = False,
 ) -> torch.optim.Optimizer:
     """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
     muon = name == "muon"
-    groups = param_groups(model, weight_decay, lr, layer_decay, muon=muon)
+    groups = param_groups(model, weight_decay, lr, layer_decay, muon=muon, muon_embed=muon_embed)
     if muon:
         return MuonAdamW(groups, lr, betas, momentum=muon_momentum, ns_steps=muon_ns_steps)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
