@@ -360,7 +360,7 @@ class ViTClassifier(L.LightningModule):
     def build_optimizer(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay,
-                               hp.muon_momentum, hp.muon_ns_steps, hp.get("muon_embed", False))  # fmt: skip
+                               hp.muon_momentum, hp.muon_ns_steps, hp.muon_embed)  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
