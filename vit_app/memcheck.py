@@ -12,28 +12,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from vit_app.errors import ConfigError
 
 
-def train_activation_bytes(
-    batch: int,
-    tokens: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    bytes_per: int = 4,
-    attention_kept: bool = True,
-) -> int:
+class StepShape(NamedTuple):
+    """What sets a training step's memory: images a batch, tokens an image, and the model's dimensions."""
+
+    batch: int
+    tokens: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+
+
+def train_activation_bytes(step: StepShape, bytes_per: int = 4, attention_kept: bool = True) -> int:
     """Bytes a training step keeps for the backward pass. Per block and token: the two norms' outputs, q, k, v, the
     attention output and its projection, the residual (8 x D), the MLP's hidden values before and after the GELU
     (2 x mlp_ratio x D) and the MLP output (D); with `attention_kept` (an explicit softmax, not a fused kernel) also
     the attention scores and probabilities (2 x heads x tokens)."""
-    per_token = (9 + 2 * mlp_ratio) * embed_dim + (2 * num_heads * tokens if attention_kept else 0)
-    return int(depth * batch * tokens * per_token * bytes_per)
+    b, n, d, depth, heads, mlp = step
+    per_token = (9 + 2 * mlp) * d + (2 * heads * n if attention_kept else 0)
+    return int(depth * b * n * per_token * bytes_per)
 
 
 def _cgroup_free() -> int | None:
@@ -74,12 +78,7 @@ def _gib(n: float) -> str:
 
 
 def check_train_memory(
-    batch: int,
-    tokens: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
+    step: StepShape,
     free: int | None,
     shape: str,
     half: bool = False,
@@ -91,19 +90,18 @@ def check_train_memory(
     (e.g. "patch 4 on 224x224 px: 3,136 tokens")."""
     if free is None:
         return None
-    dims = (batch, tokens, embed_dim, depth, num_heads, mlp_ratio)
-    low = train_activation_bytes(*dims, bytes_per=2 if half else 4, attention_kept=attention_kept)
-    high = train_activation_bytes(*dims, bytes_per=4, attention_kept=True)
+    low = train_activation_bytes(step, bytes_per=2 if half else 4, attention_kept=attention_kept)
+    high = train_activation_bytes(step, bytes_per=4, attention_kept=True)
     if high <= free:
         return None
-    step = f"a training step at data.batch_size {batch} ({shape}, {depth} blocks x {embed_dim} wide)"
+    what = f"a training step at data.batch_size {step.batch} ({shape}, {step.depth} blocks x {step.embed_dim} wide)"
     fix = "use a larger model.patch_size, a smaller data.img_size or a smaller data.batch_size"
     if low > free:
         raise ConfigError(
-            f"out of memory ahead: {step} keeps at least {_gib(low)} for the backward pass, and {_gib(free)} is "
+            f"out of memory ahead: {what} keeps at least {_gib(low)} for the backward pass, and {_gib(free)} is "
             f"free; {fix}"
         )
     return (
-        f"memory may run out: {step} keeps up to {_gib(high)} for the backward pass, and {_gib(free)} is free; if "
+        f"memory may run out: {what} keeps up to {_gib(high)} for the backward pass, and {_gib(free)} is free; if "
         f"it does, {fix}"
     )

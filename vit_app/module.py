@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_app.card import CARD_KEY, ModelCard, Provenance, read_card
 from vit_app.data.transforms import InputSpec
 from vit_app.errors import CheckpointError, ConfigError, require
-from vit_app.memcheck import check_train_memory, free_memory_bytes
+from vit_app.memcheck import StepShape, check_train_memory, free_memory_bytes
 from vit_app.model import PRESETS, VisionTransformer, ViTConfig, explicit_attention_faster, preset_config
 from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_optimizer
 from vit_app.pretrained import load_pretrained
@@ -283,8 +283,8 @@ class ViTClassifier(L.LightningModule):
         half = precision.startswith(("bf16", "16"))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):  # the path rule's view
             kept = device.type == "cpu" and explicit_attention_faster(torch.empty(1, tokens, 1), training=True)
-        warning = check_train_memory(batch, tokens, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
-                                     free_memory_bytes(device), shape, half=half,
+        step = StepShape(batch, tokens, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
+        warning = check_train_memory(step, free_memory_bytes(device), shape, half=half,
                                      attention_kept=kept or cfg.attn_locality)  # fmt: skip
         if warning:
             rank_zero_warn(f"vit-app: {warning}")
