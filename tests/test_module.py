@@ -116,6 +116,14 @@ def test_muon_settings_reach_the_optimiser_and_are_checked() -> None:
     assert any(p is kernel for g in m.build_optimizer().param_groups if g.get("muon") for p in g["params"])
     with pytest.raises(ConfigError, match="model.muon_embed must go with model.optimizer muon, got True"):
         ViTClassifier(optimizer="adamw", muon_embed=True)
+    opt = ViTClassifier(arch="vit_cifar_tiny", depth=1, optimizer="muon", lr=2e-3, muon_lr_scale=1.5).build_optimizer()
+    assert [g["lr"] for g in opt.param_groups if g.get("muon")] == [pytest.approx(3e-3)]  # the one Muon group
+    assert {g["lr"] for g in opt.param_groups if not g.get("muon")} == {2e-3}
+    with pytest.raises(ConfigError, match="model.muon_lr_scale must go with model.optimizer muon, got 2.0"):
+        ViTClassifier(optimizer="adamw", muon_lr_scale=2.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="model.muon_lr_scale must be a finite number > 0"):
+            ViTClassifier(optimizer="muon", muon_lr_scale=bad)
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror() -> None:

@@ -128,3 +128,30 @@ def test_no_weight_matrix_or_a_non_matrix_is_refused() -> None:
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))]}], lr=1e-3)
     with pytest.raises(ValueError, match=r"weight matrices only; got a parameter of shape \(3,\)"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=1e-3)
+
+
+def test_muon_lr_scale_multiplies_only_the_muon_groups_lr_through_the_schedule() -> None:
+    groups = param_groups(_model(), 0.05, lr=0.1, layer_decay=0.5, muon=True, muon_lr_scale=2.0)
+    plain = param_groups(_model(), 0.05, lr=0.1, layer_decay=0.5, muon=True)
+    assert [g["lr"] for g in groups] == [2.0 * g["lr"] if g.get("muon") else g["lr"] for g in plain]
+    opt = MuonAdamW(param_groups(_model(), 0.05, lr=0.1, muon=True, muon_lr_scale=3.0), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    sched.step(), sched.step()
+    assert [g["lr"] for g in opt._muon.param_groups] == [pytest.approx(0.075)]
+    assert all(g["lr"] == pytest.approx(0.025) for g in opt._adamw.param_groups)
+
+
+def test_muon_lr_scale_steps_like_muon_at_the_scaled_lr() -> None:
+    """Scale 2 at lr 1e-2 moves every parameter exactly as Muon at 2e-2 beside AdamW at 1e-2 does."""
+    a, b = _model(), _model()
+    opt_a = MuonAdamW(param_groups(a, 0.05, lr=1e-2, muon=True, muon_lr_scale=2.0), lr=1e-2)
+    gb = param_groups(b, 0.05, muon=True)
+    muon = BatchedMuon([g for g in gb if g.get("muon")], lr=2e-2)
+    adamw = torch.optim.AdamW([g for g in gb if not g.get("muon")], lr=1e-2)
+    _train(a, opt_a, range(3))
+    for s in range(3):
+        muon.zero_grad(), adamw.zero_grad()
+        _loss(b, s).backward()
+        muon.step(), adamw.step()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), n

@@ -86,6 +86,8 @@ class ViTClassifier(L.LightningModule):
             rougher orthogonalisation).
         muon_embed: with optimizer "muon", step the patch embedding's projection with Muon too (as the
             (embed_dim, 3 x patch x patch) matrix it is) instead of AdamW.
+        muon_lr_scale: with optimizer "muon", Muon's lr is lr x this (its weight decay, coupled to the lr, too);
+            AdamW's stays lr. 1: one lr for both, Muon's step scaled to AdamW's size.
         lr: peak learning rate.
         weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
@@ -152,6 +154,7 @@ class ViTClassifier(L.LightningModule):
         muon_momentum: float = MUON_MOMENTUM,
         muon_ns_steps: int = MUON_NS_STEPS,
         muon_embed: bool = False,
+        muon_lr_scale: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -183,6 +186,9 @@ class ViTClassifier(L.LightningModule):
         require(0 <= muon_momentum < 1, "model.muon_momentum", "be in [0, 1)", muon_momentum)
         require(muon_ns_steps >= 1, "model.muon_ns_steps", "be 1 or more", muon_ns_steps)
         require(not muon_embed or optimizer == "muon", "model.muon_embed", "go with model.optimizer muon", muon_embed)
+        require(0 < muon_lr_scale < math.inf, "model.muon_lr_scale", "be a finite number > 0", muon_lr_scale)
+        require(muon_lr_scale == 1 or optimizer == "muon", "model.muon_lr_scale", "go with model.optimizer muon",
+                muon_lr_scale)  # fmt: skip
         require(weight_decay >= 0, "model.weight_decay", "be >= 0", weight_decay)
         require(all(0 <= b < 1 for b in betas), "model.betas", "be two numbers in [0, 1)", list(betas))
         require(warmup_epochs >= 0, "model.warmup_epochs", "be >= 0", warmup_epochs)
@@ -360,7 +366,7 @@ class ViTClassifier(L.LightningModule):
     def build_optimizer(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay,
-                               hp.muon_momentum, hp.muon_ns_steps, hp.muon_embed)  # fmt: skip
+                               hp.muon_momentum, hp.muon_ns_steps, hp.muon_embed, hp.muon_lr_scale)  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

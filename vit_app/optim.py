@@ -5,7 +5,7 @@ Muon (Keller Jordan, 2024; `torch.optim.Muon` from PyTorch 2.9) replaces each 2-
 momentum (a few Newton-Schulz steps), so every direction of a weight matrix moves at the same rate. It is meant for
 hidden matrices only: the patch embedding, position and class embeddings, head, norms and biases stay on AdamW.
 Muon's steps are scaled to AdamW's RMS (PyTorch's `adjust_lr_fn="match_rms_adamw"`), so one learning rate and
-weight decay serve both.
+weight decay serve both (`muon_lr_scale` multiplies Muon's).
 """
 
 from __future__ import annotations
@@ -173,11 +173,12 @@ def param_groups(
     layer_decay: float | None = None,
     muon: bool = False,
     muon_embed: bool = False,
+    muon_lr_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices; none on norms, biases, position and class embeddings; with
     `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer). With `muon`, the
     blocks' weight matrices (and, with `muon_embed`, the patch embedding's) go to groups of their own marked
-    muon=True (see MuonAdamW)."""
+    muon=True (see MuonAdamW), whose lr is multiplied by `muon_lr_scale`."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = len(getattr(model, "blocks", []))
     groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
@@ -190,10 +191,12 @@ def param_groups(
         g = groups.setdefault(
             (layer, no_decay, to_muon), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
         )
+        group_lr = lr * layer_decay ** (depth + 1 - layer) if layer_decay is not None else lr
         if to_muon:
             g["muon"] = True
-        if layer_decay is not None:
-            g["lr"] = lr * layer_decay ** (depth + 1 - layer)
+            group_lr *= muon_lr_scale
+        if layer_decay is not None or group_lr != lr:  # a group without its own lr takes the optimiser's
+            g["lr"] = group_lr
         g["params"].append(p)
     return [groups[k] for k in sorted(groups)]
 
@@ -208,10 +211,11 @@ def build_optimizer(
     muon_momentum: float = MUON_MOMENTUM,
     muon_ns_steps: int = MUON_NS_STEPS,
     muon_embed: bool = False,
+    muon_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
     muon = name == "muon"
-    groups = param_groups(model, weight_decay, lr, layer_decay, muon=muon, muon_embed=muon_embed)
+    groups = param_groups(model, weight_decay, lr, layer_decay, muon, muon_embed, muon_lr_scale)
     if muon:
         return MuonAdamW(groups, lr, betas, momentum=muon_momentum, ns_steps=muon_ns_steps)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
