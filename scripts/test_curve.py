@@ -4,6 +4,10 @@ training minute each checkpoint was written), the time to each accuracy, and a P
     python scripts/test_curve.py runs/cifar10_cpu/version_0 --data-root ../shared/data/cifar10 \\
         --baseline timm_baseline.json --png docs/cifar10_cpu_curves.png
 
+Given the JSON it wrote instead of a run folder, it draws that curve again (beside a baseline run later, say)
+without scoring the checkpoints again: `python scripts/test_curve.py runs/.../test_curve.json --baseline B.json
+--png curves.png`.
+
 The run saves checkpoints/epochNNN.ckpt (configs/cifar10_cpu.yaml asks for them); each card records its training
 minutes. Nothing here steers training: the test split is read once the run is over.
 """
@@ -44,8 +48,8 @@ def time_to(curve: list[dict], target: float) -> float | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a run folder holding checkpoints/epoch*.ckpt")
-    p.add_argument("--data-root", required=True, help="folder holding cifar-10-batches-py/")
+    p.add_argument("run_dir", help="a run folder holding checkpoints/epoch*.ckpt, or a curve JSON this script wrote")
+    p.add_argument("--data-root", help="folder holding cifar-10-batches-py/ (needed to score a run folder)")
     p.add_argument("--baseline", help="timm_baseline.py's JSON, drawn beside this run")
     p.add_argument("--png", help="write the curves here")
     p.add_argument(
@@ -56,6 +60,13 @@ def main() -> None:
     )
     p.add_argument("--json", help="write the curve here (default: RUN_DIR/test_curve.json)")
     args = p.parse_args()
+    if Path(args.run_dir).is_file():  # a curve already scored: draw it again
+        out = json.loads(Path(args.run_dir).read_text())
+        if args.png:
+            plot(out["curve"], args.baseline, args.png)
+        return
+    if not args.data_root:
+        p.error("--data-root is needed to score a run folder")
     from torchvision.datasets import CIFAR10
 
     test = CIFAR10(args.data_root, train=False)
@@ -83,24 +94,29 @@ def main() -> None:
     }
     Path(args.json or Path(args.run_dir) / "test_curve.json").write_text(json.dumps(out, indent=2))
     if args.png:
-        import matplotlib
+        plot(curve, args.baseline, args.png)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        ax.plot([c["minutes"] for c in curve], [100 * c["test_acc1"] for c in curve], "o-", label="vit-app")
-        if args.baseline:
-            base = json.loads(Path(args.baseline).read_text())["test_curve"]
-            ax.plot([c["minutes"] for c in base], [100 * c["test_acc1"] for c in base], "s-", label="timm baseline")
-        ax.axhline(80, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("training minutes (2 CPU cores)")
-        ax.set_ylabel("CIFAR-10 test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=110)
-        print(f"wrote {args.png}")
+def plot(curve: list[dict], baseline: str | None, png: str) -> None:
+    """The test curve (and a baseline's, from timm_baseline.py's JSON) against training minutes, to `png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot([c["minutes"] for c in curve], [100 * c["test_acc1"] for c in curve], "o-", label="vit-app")
+    if baseline:
+        base = json.loads(Path(baseline).read_text())["test_curve"]
+        ax.plot([c["minutes"] for c in base], [100 * c["test_acc1"] for c in base], "s-", label="timm baseline")
+    ax.axhline(80, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("CIFAR-10 test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":
