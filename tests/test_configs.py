@@ -126,8 +126,8 @@ def test_help_lists_commands_and_fit_help_works() -> None:
 
 def test_fp32_overlay_gives_the_recipe_it_was_measured_with(cifar_root: Path, tmp_path: Path) -> None:
     """configs/cpu/fp32.yaml, stacked after cifar10_cpu.yaml, keeps 16 tokens until 80 % of the budget and the
-    regularisation, schedule and optimiser split it was measured with (weight decay 0.05, no drop-path, a cosine lr,
-    AdamW on the patch embedding); nothing else."""
+    regularisation and optimiser split it was measured with (weight decay 0.05, no drop-path, AdamW on the patch
+    embedding) and the base's cosine lr, as measured; nothing else."""
     overlay = CONFIGS / "cpu" / "fp32.yaml"
     head = overlay.read_text().split("\n\n")[0]
     assert "vit-app fit --config configs/cifar10_cpu.yaml --config configs/cpu/fp32.yaml" in head
@@ -136,12 +136,11 @@ def test_fp32_overlay_gives_the_recipe_it_was_measured_with(cifar_root: Path, tm
     base = build_cli(["--config", str(CONFIGS / "cifar10_cpu.yaml"), *common], run=False)
     fp32 = build_cli(["--config", str(CONFIGS / "cifar10_cpu.yaml"), "--config", str(overlay), *common], run=False)
     b, o = dict(base.model.hparams), dict(fp32.model.hparams)
-    changed = {"patch_drop_rate", "patch_drop_end", "weight_decay", "drop_path_rate", "lr_schedule", "lr_hold",
-               "muon_embed"}  # fmt: skip
+    changed = {"patch_drop_rate", "patch_drop_end", "weight_decay", "drop_path_rate", "muon_embed"}
     assert {k for k in b if b[k] != o[k]} == changed
     assert (o["patch_drop_rate"], o["patch_drop_end"], o["weight_decay"], o["drop_path_rate"]) == (0.75, 0.8, 0.05, 0.0)
     assert (b["patch_drop_rate"], b["patch_drop_end"], b["weight_decay"], b["drop_path_rate"]) == (0.5, 0.6, 0.1, 0.1)
-    assert (o["lr_schedule"], o["lr_hold"], b["lr_schedule"], b["lr_hold"]) == ("cosine", 0.0, "linear", 0.4)
+    assert (o["lr_schedule"], o["lr_hold"], b["lr_schedule"], b["lr_hold"]) == ("cosine", 0.0, "cosine", 0.0)
     assert (o["muon_embed"], b["muon_embed"]) == (False, True)
 
     def flat(d: dict, prefix: str = "") -> dict:
@@ -157,8 +156,6 @@ def test_fp32_overlay_gives_the_recipe_it_was_measured_with(cifar_root: Path, tm
         "model.patch_drop_end",
         "model.weight_decay",
         "model.drop_path_rate",
-        "model.lr_schedule",
-        "model.lr_hold",
         "model.muon_embed",
     }
 
