@@ -35,6 +35,14 @@ def _train(m: torch.nn.Module, opt: torch.optim.Optimizer, seeds: range, sched=N
             sched.step()
 
 
+def _train_pair(m: torch.nn.Module, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer, seeds: range) -> None:
+    """The reference: the same steps as _train, by two separate optimisers over the two halves."""
+    for s in seeds:
+        muon.zero_grad(), adamw.zero_grad()
+        _loss(m, s).backward()
+        muon.step(), adamw.step()
+
+
 def test_muon_groups_hold_exactly_the_blocks_weight_matrices() -> None:
     m = _model()
     groups = param_groups(m, 0.05, muon=True)
@@ -80,10 +88,7 @@ def test_steps_equal_torch_muon_and_adamw_side_by_side() -> None:
     muon = torch.optim.Muon([g for g in gb if g.get("muon")], lr=1e-2, adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW([g for g in gb if not g.get("muon")], lr=1e-2)
     _train(a, opt_a, range(3))
-    for s in range(3):
-        muon.zero_grad(), adamw.zero_grad()
-        _loss(b, s).backward()
-        muon.step(), adamw.step()
+    _train_pair(b, muon, adamw, range(3))
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), n
     moved = a.blocks[0].attn.qkv.weight - _model().blocks[0].attn.qkv.weight
@@ -149,9 +154,6 @@ def test_muon_lr_scale_steps_like_muon_at_the_scaled_lr() -> None:
     muon = BatchedMuon([g for g in gb if g.get("muon")], lr=2e-2)
     adamw = torch.optim.AdamW([g for g in gb if not g.get("muon")], lr=1e-2)
     _train(a, opt_a, range(3))
-    for s in range(3):
-        muon.zero_grad(), adamw.zero_grad()
-        _loss(b, s).backward()
-        muon.step(), adamw.step()
+    _train_pair(b, muon, adamw, range(3))
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), n
