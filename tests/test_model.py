@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
@@ -12,10 +13,12 @@ import vit_app.model as vit_model
 from vit_app.model import (
     EXPLICIT_MAX_TOKENS,
     PRESETS,
+    PatchEmbed,
     VisionTransformer,
     create_model,
     explicit_attention_faster,
     resample_pos_embed,
+    whiten_patch_embed,
 )
 
 PARITY_SHAPES = {
@@ -466,3 +469,29 @@ def test_locality_slopes_are_learned_on_adamw_without_weight_decay() -> None:
     )
     with pytest.raises(ValueError, match="attn_locality must be true or false"):
         VisionTransformer(attn_locality="yes")
+
+
+@pytest.mark.parametrize("dim", [64, 24])  # more outputs than the 48 patch inputs, and fewer
+def test_whitened_patch_embed_equalises_the_leading_components(dim: int) -> None:
+    """Through the real forward: the outputs are centred, their covariance's nonzero eigenvalues are
+    c * lambda / (lambda + eps') for the min(dim, 48) leading patch components (equal where lambda >> eps'), and
+    their mean variance is that of timm's init (0.02^2 * total pixel variance)."""
+    g = torch.Generator().manual_seed(0)
+    smooth = F.interpolate(torch.randn(64, 3, 8, 8, generator=g), size=16, mode="bilinear")  # correlated pixels
+    images = smooth * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1) + 0.05 * torch.randn(64, 3, 16, 16, generator=g)
+    embed = PatchEmbed(16, 4, 3, dim)
+    whiten_patch_embed(embed, images)
+    with torch.no_grad():
+        y = embed(images)[0].reshape(-1, dim).double()  # (B * N, D)
+    patches = F.unfold(images.double(), 4, stride=4).transpose(1, 2).reshape(-1, 48)
+    cov = torch.cov(patches.T)
+    lam = torch.linalg.eigvalsh(cov).flip(0)[: min(dim, 48)]
+    shape = lam / (lam + 0.01 * lam.mean())
+    want = shape * (0.02**2 * cov.trace() * dim / shape.sum())  # scaled to the mean variance of timm's init
+    got = torch.linalg.eigvalsh(torch.cov(y.T)).flip(0)[: min(dim, 48)]
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-9)
+    assert y.mean(0).abs().max() < 1e-3 * y.std(0).min()  # centred by the bias
+    if dim > 48:
+        assert torch.linalg.eigvalsh(torch.cov(y.T)).flip(0)[48:].abs().max() < 1e-6 * want.max()  # rank 48
+    with pytest.raises(ValueError, match="needs more than 48 patches, got 16"):
+        whiten_patch_embed(embed, images[:1])

@@ -124,6 +124,22 @@ def test_muon_settings_reach_the_optimiser_and_are_checked() -> None:
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="model.muon_lr_scale must be a finite number > 0"):
             ViTClassifier(optimizer="muon", muon_lr_scale=bad)
+    m = ViTClassifier(arch="vit_cifar_tiny", depth=2, optimizer="muon", muon_split_qkv=True)
+    qkv = {id(b.attn.qkv.weight) for b in m.model.blocks}
+    split = [p for g in m.build_optimizer().param_groups if g.get("split") == 3 for p in g["params"]]
+    assert {id(p) for p in split} == qkv and len(split) == 2
+    with pytest.raises(ConfigError, match="model.muon_split_qkv must go with model.optimizer muon, got True"):
+        ViTClassifier(optimizer="adamw", muon_split_qkv=True)
+
+
+def test_patch_embed_init_is_checked() -> None:
+    with pytest.raises(ConfigError, match="model.patch_embed_init must be 'trunc_normal' or 'whiten', got 'pca'"):
+        ViTClassifier(patch_embed_init="pca")
+    with pytest.raises(ConfigError, match="model.patch_embed_init must stay 'trunc_normal' with model.pretrained"):
+        ViTClassifier(patch_embed_init="whiten", pretrained="local-dir:/nowhere")
+    m = ViTClassifier(patch_embed_init="whiten")
+    with pytest.raises(ConfigError, match="model.patch_embed_init 'whiten' needs the training images at fit time"):
+        m.whitening_images(None)
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror() -> None:

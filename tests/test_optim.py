@@ -157,3 +157,40 @@ def test_muon_lr_scale_steps_like_muon_at_the_scaled_lr() -> None:
     _train_pair(b, muon, adamw, range(3))
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), n
+
+
+def test_split_qkv_puts_only_the_qkv_weights_in_split_groups() -> None:
+    m = _model()
+    names = {id(p): n for n, p in m.named_parameters()}
+    groups = param_groups(m, 0.05, muon=True, muon_split_qkv=True)
+    split = {names[id(p)] for g in groups if g.get("split") == 3 for p in g["params"]}
+    assert split == {"blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"}
+    assert all(g.get("muon") for g in groups if g.get("split"))
+    every = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(every) == sorted(names.values())  # each parameter once
+    assert not any(g.get("split") for g in param_groups(m, 0.05, muon=True))  # off by default
+
+
+def test_a_split_weight_steps_as_its_parts_would_apart() -> None:
+    """A (3A, B) weight in a split=3 group moves exactly as three (A, B) weights with its rows' gradients, weight
+    decay included (applied once to each row): each part is orthogonalised on its own."""
+    torch.manual_seed(0)
+    fused = torch.nn.Parameter(torch.randn(3 * 8, 16))
+    parts = [torch.nn.Parameter(fused.detach()[i * 8 : (i + 1) * 8].clone()) for i in range(3)]
+    one = BatchedMuon([{"params": [fused], "split": 3}], lr=0.02, weight_decay=0.1, dtype=torch.float32)
+    three = BatchedMuon([{"params": parts}], lr=0.02, weight_decay=0.1, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grad = torch.randn(3 * 8, 16, generator=g)
+        fused.grad = grad.clone()
+        for i, p in enumerate(parts):
+            p.grad = grad[i * 8 : (i + 1) * 8].clone()
+        one.step(), three.step()
+    assert torch.equal(fused.detach(), torch.cat([p.detach() for p in parts]))
+    # the same gradient, not split: one (24, 16) matrix orthogonalised, a different step
+    start = fused.detach().clone()
+    whole = torch.nn.Parameter(start.clone())
+    whole.grad, fused.grad = grad.clone(), grad.clone()
+    BatchedMuon([{"params": [whole]}], lr=0.02, dtype=torch.float32).step()
+    BatchedMuon([{"params": [fused], "split": 3}], lr=0.02, dtype=torch.float32).step()
+    assert not torch.allclose(whole.detach() - start, fused.detach() - start, atol=1e-4)

@@ -211,3 +211,45 @@ def test_muon_fit_saves_and_resumes_both_optimiser_halves(tmp_path: Path) -> Non
     assert resumed.trainer.global_step == 6
     sched_lr = resumed.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()
     assert [g["lr"] for g in opt2._muon.param_groups + opt2._adamw.param_groups] == sched_lr
+
+
+class EmbedAtStart(Callback):
+    """Records the patch projection training starts from, and checks it on the images it was whitened from."""
+
+    def __init__(self) -> None:
+        self.weight: torch.Tensor | None = None
+        self.centred = self.var_ratio = float("nan")
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        embed = pl_module.model.patch_embed
+        self.weight = embed.proj.weight.detach().clone()
+        if pl_module.hparams.patch_embed_init == "whiten" and trainer.global_step == 0:
+            images = pl_module.whitening_images(trainer.datamodule)
+            with torch.no_grad():
+                y = embed(images)[0].reshape(-1, self.weight.shape[0]).double()  # (B * N, D)
+            k = self.weight[0].numel()
+            pixels = torch.nn.functional.unfold(images.double(), embed.patch_size, stride=embed.patch_size)
+            total = torch.cov(pixels.transpose(1, 2).reshape(-1, k).T).trace()
+            self.centred = (y.mean(0).abs().max() / y.std(0).mean()).item()
+            self.var_ratio = (y.var(0).mean() / (0.02**2 * total)).item()
+
+
+def test_whitened_patch_embed_is_set_at_fit_start_and_kept_on_resume(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.limit_val_batches", "0"]
+    args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "16", "--data.batch_size", "16"]
+    args += ["--trainer.callbacks+=tests.test_train.EmbedAtStart", "--trainer.max_steps", "2"]
+    plain = _fit(args, tmp_path / "b")  # timm's init
+    plain_start = next(c for c in plain.trainer.callbacks if type(c).__name__ == "EmbedAtStart").weight
+    args += ["--model.patch_embed_init", "whiten"]
+    cli = _fit(args, tmp_path / "a")
+    log = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EmbedAtStart")
+    assert log.centred < 1e-4 and log.var_ratio == pytest.approx(1.0, rel=1e-3)  # centred, timm's output scale
+    assert not torch.allclose(log.weight, plain_start, atol=1e-3)
+    _assert_trained(cli)
+
+    last = next(Path(tmp_path / "a").rglob("last.ckpt"))
+    saved = safe_load(last)["state_dict"]["model.patch_embed.proj.weight"]
+    resumed = _fit([*args, "--trainer.max_steps", "3", "--ckpt_path", str(last)], tmp_path / "a")
+    assert resumed.trainer.global_step == 3
+    log = next(c for c in resumed.trainer.callbacks if type(c).__name__ == "EmbedAtStart")
+    assert torch.equal(log.weight, saved)  # the checkpoint's weights, not whitened again

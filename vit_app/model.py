@@ -252,6 +252,35 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
 
+@torch.no_grad()
+def whiten_patch_embed(embed: PatchEmbed, images: Tensor, eps: float = 1e-2, std: float = 0.02) -> None:
+    """A data-whitened patch projection (airbench's first-layer init, for a ViT): the r = min(D, K) leading principal
+    components of the K = C * P * P patch pixels, each scaled to unit variance ((lambda + eps * mean lambda)^-1/2),
+    mixed into the D outputs by a random matrix with orthonormal columns (the global generator). Every output then
+    hears every direction of patch space about equally, not mostly the mean colour. The weight is scaled so the
+    outputs' mean variance is that of timm's init (trunc-normal `std` weights: std^2 * total pixel variance), and the
+    bias centres them. It stays one linear map of each patch. images: (B, C, H, W) as training sees them."""
+    w = embed.proj.weight  # (D, C, P, P)
+    D, K = w.shape[0], w[0].numel()
+    cols = F.unfold(images.detach().to("cpu", torch.float64), embed.patch_size, stride=embed.patch_size)  # (B, K, N)
+    x = cols.transpose(1, 2).reshape(-1, K)  # (B * N, K)
+    if len(x) <= K:
+        raise ValueError(f"whitening a {K}-input patch projection needs more than {K} patches, got {len(x)}")
+    mean = x.mean(0)  # (K,)
+    cov = torch.cov(x.T)  # (K, K)
+    lam, vec = torch.linalg.eigh(cov)  # ascending
+    r = min(D, K)
+    lam, vec = lam.flip(0)[:r].clamp(min=0), vec.flip(1)[:, :r]  # (r,), (K, r): the leading components
+    white = vec.T / (lam + eps * lam.mean()).sqrt()[:, None]  # (r, K)
+    mix = torch.linalg.qr(torch.randn(D, r, dtype=torch.float64))[0]  # (D, r), orthonormal columns
+    weight = mix @ white  # (D, K)
+    out_var = torch.einsum("dk,kl,dl->", weight, cov, weight) / D  # mean output variance
+    weight *= (std**2 * cov.trace() / out_var).sqrt()
+    w.copy_(weight.view_as(w).to(w))
+    if embed.proj.bias is not None:
+        embed.proj.bias.copy_((-weight @ mean).to(embed.proj.bias))  # centred outputs
+
+
 @functools.cache
 def _cpu_has_amx() -> bool:
     return cpu_has_amx()

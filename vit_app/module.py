@@ -18,7 +18,14 @@ from vit_app.card import CARD_KEY, ModelCard, Provenance, read_card
 from vit_app.data.transforms import InputSpec
 from vit_app.errors import CheckpointError, ConfigError, require
 from vit_app.memcheck import StepShape, check_train_memory, free_memory_bytes
-from vit_app.model import PRESETS, VisionTransformer, ViTConfig, explicit_attention_faster, preset_config
+from vit_app.model import (
+    PRESETS,
+    VisionTransformer,
+    ViTConfig,
+    explicit_attention_faster,
+    preset_config,
+    whiten_patch_embed,
+)
 from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_optimizer
 from vit_app.pretrained import load_pretrained
 from vit_app.rng import rng_states, set_rng_states
@@ -68,6 +75,10 @@ class ViTClassifier(L.LightningModule):
             et al. 2022); the weights stay timm's either way.
         attn_init: "trunc_normal" (timm's) or "mimetic" (Trockman & Kolter 2023: attention starts out near the
             identity, which helps small ViTs on small data).
+        patch_embed_init: "trunc_normal" (timm's) or "whiten": at the start of fit (not on resume), the patch
+            projection is set from the first training batches so that each output mixes the patches' principal
+            components scaled to equal variance (a data-whitened first layer, as airbench does for a CNN); still
+            one linear projection of each patch, timm's weights. Refused with `pretrained`.
         attn_locality: a learned 2-D locality bias on every head's attention logits, -slope * (squared distance
             between the two patches), the slopes starting at several widths (one head global), so attention starts
             out local, as a convolution does (ALiBi / relative position biases, in 2-D). Ours alone: timm cannot
@@ -88,6 +99,8 @@ class ViTClassifier(L.LightningModule):
             (embed_dim, 3 x patch x patch) matrix it is) instead of AdamW.
         muon_lr_scale: with optimizer "muon", Muon's lr is lr x this (its weight decay, coupled to the lr, too);
             AdamW's stays lr. 1: one lr for both, Muon's step scaled to AdamW's size.
+        muon_split_qkv: with optimizer "muon", orthogonalise each block's fused qkv update as three matrices (Q, K
+            and V apart) instead of one (3 x embed_dim, embed_dim) matrix. The weights stay timm's fused qkv.
         lr: peak learning rate.
         weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
@@ -147,6 +160,7 @@ class ViTClassifier(L.LightningModule):
         pos_embed_init: Literal["learn", "sincos"] = "learn",
         attn_init: Literal["trunc_normal", "mimetic"] = "trunc_normal",
         attn_locality: bool = False,
+        patch_embed_init: Literal["trunc_normal", "whiten"] = "trunc_normal",
         patch_drop_end: float = 1.0,
         low_res_size: int | None = None,
         low_res_end: float = 0.6,
@@ -155,6 +169,7 @@ class ViTClassifier(L.LightningModule):
         muon_ns_steps: int = MUON_NS_STEPS,
         muon_embed: bool = False,
         muon_lr_scale: float = 1.0,
+        muon_split_qkv: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -189,6 +204,13 @@ class ViTClassifier(L.LightningModule):
         require(0 < muon_lr_scale < math.inf, "model.muon_lr_scale", "be a finite number > 0", muon_lr_scale)
         require(muon_lr_scale == 1 or optimizer == "muon", "model.muon_lr_scale", "go with model.optimizer muon",
                 muon_lr_scale)  # fmt: skip
+        require(not muon_split_qkv or optimizer == "muon", "model.muon_split_qkv", "go with model.optimizer muon",
+                muon_split_qkv)  # fmt: skip
+        require(patch_embed_init in ("trunc_normal", "whiten"), "model.patch_embed_init",
+                "be 'trunc_normal' or 'whiten'", patch_embed_init)  # fmt: skip
+        require(not (pretrained and patch_embed_init == "whiten"), "model.patch_embed_init",
+                "stay 'trunc_normal' with model.pretrained (whitening would overwrite the pretrained patch embedding)",
+                patch_embed_init)  # fmt: skip
         require(weight_decay >= 0, "model.weight_decay", "be >= 0", weight_decay)
         require(all(0 <= b < 1 for b in betas), "model.betas", "be two numbers in [0, 1)", list(betas))
         require(warmup_epochs >= 0, "model.warmup_epochs", "be >= 0", warmup_epochs)
@@ -269,6 +291,31 @@ class ViTClassifier(L.LightningModule):
         batch = getattr(dm, "batch_size", None)
         if stage == "fit" and isinstance(batch, int):
             self._check_memory(batch, self.trainer.strategy.root_device)
+        if stage == "fit" and self.hparams.patch_embed_init == "whiten":
+            # a resumed run's checkpoint is restored after setup and replaces this
+            whiten_patch_embed(self.model.patch_embed, self.whitening_images(dm))
+            if self.model_ema is not None:  # the average starts from the weights training starts from
+                self.model_ema.module.patch_embed.load_state_dict(self.model.patch_embed.state_dict())
+
+    def whitening_images(self, dm: Any) -> Tensor:
+        """What model.patch_embed_init "whiten" is computed from: the first batches of the training loader, as a
+        step sees them (normalised and augmented), up to 64 patches per input of the projection or 16 batches."""
+        if dm is None or not hasattr(dm, "train_dataloader"):
+            raise ConfigError("model.patch_embed_init 'whiten' needs the training images at fit time: a data module")
+        k = self.model.patch_embed.proj.weight[0].numel()  # C * P * P inputs per patch
+        images: list[Tensor] = []
+        patches = 0
+        for batch in dm.train_dataloader():
+            images.append(batch[0])
+            patches += len(batch[0]) * self.model.patch_embed.num_patches
+            if patches >= 64 * k or len(images) >= 16:
+                break
+        if patches <= k:
+            raise ConfigError(
+                f"model.patch_embed_init 'whiten': the training loader gave {patches} patches, not more than the "
+                f"{k} inputs of the patch projection; use 'trunc_normal' for so few images"
+            )
+        return torch.cat(images)
 
     def train_tokens(self) -> tuple[int, str]:
         """The most tokens a training step carries, and how they arise (for messages)."""
@@ -366,7 +413,8 @@ class ViTClassifier(L.LightningModule):
     def build_optimizer(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay,
-                               hp.muon_momentum, hp.muon_ns_steps, hp.muon_embed, hp.muon_lr_scale)  # fmt: skip
+                               hp.muon_momentum, hp.muon_ns_steps, hp.muon_embed, hp.muon_lr_scale,
+                               hp.muon_split_qkv)  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

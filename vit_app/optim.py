@@ -70,7 +70,9 @@ class BatchedMuon(torch.optim.Optimizer):
     matrices of one shape in one batched call (a ViT has four shapes, each once per block): on 2 CPU cores its step
     measured 22 ms -> 13 ms for the cifar10_cpu model. Same state (`momentum_buffer`), bitwise the same update
     (tests/test_optim.py), and it runs on every PyTorch this package supports. A parameter of more than two
-    dimensions (a patch embedding's (D, C, P, P) kernel) is stepped as its (D, C * P * P) matrix."""
+    dimensions (a patch embedding's (D, C, P, P) kernel) is stepped as its (D, C * P * P) matrix. A group with
+    `split=k` steps each of its (k * A, B) weights as k matrices (A, B), each orthogonalised on its own (a fused
+    qkv weight as Q, K and V)."""
 
     def __init__(
         self,
@@ -102,14 +104,17 @@ class BatchedMuon(torch.optim.Optimizer):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - mu)
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-                by_shape.setdefault(torch.Size((len(p), p[0].numel())), []).append((p, update))  # (D, rest)
+                parts = group.get("split", 1)  # e.g. 3: a fused qkv weight, orthogonalised as Q, K and V apart
+                shape = torch.Size((len(p) // parts, p[0].numel()))  # (D / parts, rest)
+                for i, u in enumerate(update.reshape(parts, *shape)):
+                    by_shape.setdefault(shape, []).append((p.view(parts, *shape)[i], u))  # (a view of p, its update)
             for shape, pairs in by_shape.items():
-                stacked = torch.stack([u.reshape(shape) for _, u in pairs])  # (n, A, B)
+                stacked = torch.stack([u for _, u in pairs])  # (n, A, B)
                 dtype = self.dtype or ns_dtype(stacked.device)
                 ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
                 step_lr = lr * 0.2 * math.sqrt(max(shape))  # "match_rms_adamw": the RMS of an AdamW step
-                for (p, _), o in zip(pairs, ortho):
-                    p.mul_(1 - lr * decay).add_(o.view_as(p), alpha=-step_lr)
+                for (w, _), o in zip(pairs, ortho):
+                    w.mul_(1 - lr * decay).add_(o, alpha=-step_lr)
         return loss
 
 
@@ -174,27 +179,32 @@ def param_groups(
     muon: bool = False,
     muon_embed: bool = False,
     muon_lr_scale: float = 1.0,
+    muon_split_qkv: bool = False,
 ) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices; none on norms, biases, position and class embeddings; with
     `layer_decay`, one group per (layer, decay) whose lr is lr * layer_decay^(depth + 1 - layer). With `muon`, the
     blocks' weight matrices (and, with `muon_embed`, the patch embedding's) go to groups of their own marked
-    muon=True (see MuonAdamW), whose lr is multiplied by `muon_lr_scale`."""
+    muon=True (see MuonAdamW), whose lr is multiplied by `muon_lr_scale`; with `muon_split_qkv`, the fused qkv
+    weights go to groups marked split=3, stepped as Q, K and V apart."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     depth = len(getattr(model, "blocks", []))
-    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
+    groups: dict[tuple[int, bool, bool, int], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name in skip
         layer = layer_id(name, depth) if layer_decay is not None else depth + 1
         to_muon = muon and is_muon_param(name, p, embed=muon_embed)
+        split = 3 if to_muon and muon_split_qkv and name.endswith(".attn.qkv.weight") else 1
         g = groups.setdefault(
-            (layer, no_decay, to_muon), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
+            (layer, no_decay, to_muon, split), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
         )
         group_lr = lr * layer_decay ** (depth + 1 - layer) if layer_decay is not None else lr
         if to_muon:
             g["muon"] = True
             group_lr *= muon_lr_scale
+        if split > 1:
+            g["split"] = split
         if layer_decay is not None or group_lr != lr:  # a group without its own lr takes the optimiser's
             g["lr"] = group_lr
         g["params"].append(p)
@@ -212,10 +222,11 @@ def build_optimizer(
     muon_ns_steps: int = MUON_NS_STEPS,
     muon_embed: bool = False,
     muon_lr_scale: float = 1.0,
+    muon_split_qkv: bool = False,
 ) -> torch.optim.Optimizer:
     """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
     muon = name == "muon"
-    groups = param_groups(model, weight_decay, lr, layer_decay, muon, muon_embed, muon_lr_scale)
+    groups = param_groups(model, weight_decay, lr, layer_decay, muon, muon_embed, muon_lr_scale, muon_split_qkv)
     if muon:
         return MuonAdamW(groups, lr, betas, momentum=muon_momentum, ns_steps=muon_ns_steps)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
