@@ -12,6 +12,7 @@ from tests.conftest import CONFIGS
 from vit_app.checkpoint import safe_load
 from vit_app.cli import build_cli
 from vit_app.data.synthetic import SyntheticShapes
+from vit_app.errors import ConfigError
 from vit_app.inference import load_for_inference
 from vit_app.optim import MuonAdamW
 
@@ -253,3 +254,13 @@ def test_whitened_patch_embed_is_set_at_fit_start_and_kept_on_resume(tmp_path: P
     assert resumed.trainer.global_step == 3
     log = next(c for c in resumed.trainer.callbacks if type(c).__name__ == "EmbedAtStart")
     assert torch.equal(log.weight, saved)  # the checkpoint's weights, not whitened again
+
+
+def test_whitening_too_few_training_patches_is_a_config_error(tmp_path: Path) -> None:
+    args = ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.limit_val_batches", "0"]
+    args += ["--trainer.max_steps", "1", "--data.synthetic_train_size", "8", "--data.synthetic_val_size", "4"]
+    args += ["--data.batch_size", "4"]
+    args += ["--model.patch_embed_init", "whiten"]  # 8 images x 16 patches of 8 x 8 x 3 = 192 inputs
+    with pytest.raises(ConfigError, match="model.patch_embed_init 'whiten': whitening a 192-input patch projection "
+                       "needs more than 192 patches, got 128; use 'trunc_normal' with so few"):  # fmt: skip
+        _fit(args, tmp_path)

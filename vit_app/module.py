@@ -291,9 +291,11 @@ class ViTClassifier(L.LightningModule):
         batch = getattr(dm, "batch_size", None)
         if stage == "fit" and isinstance(batch, int):
             self._check_memory(batch, self.trainer.strategy.root_device)
-        if stage == "fit" and self.hparams.patch_embed_init == "whiten":
-            # a resumed run's checkpoint is restored after setup and replaces this
-            whiten_patch_embed(self.model.patch_embed, self.whitening_images(dm))
+        if stage == "fit" and self.hparams.patch_embed_init == "whiten" and self.trainer.ckpt_path is None:
+            try:  # (a resumed run starts from its checkpoint's weights: nothing to whiten)
+                whiten_patch_embed(self.model.patch_embed, self.whitening_images(dm))
+            except ValueError as e:
+                raise ConfigError(f"model.patch_embed_init 'whiten': {e}; use 'trunc_normal' with so few") from None
             if self.model_ema is not None:  # the average starts from the weights training starts from
                 self.model_ema.module.patch_embed.load_state_dict(self.model.patch_embed.state_dict())
 
@@ -310,11 +312,8 @@ class ViTClassifier(L.LightningModule):
             patches += len(batch[0]) * self.model.patch_embed.num_patches
             if patches >= 64 * k or len(images) >= 16:
                 break
-        if patches <= k:
-            raise ConfigError(
-                f"model.patch_embed_init 'whiten': the training loader gave {patches} patches, not more than the "
-                f"{k} inputs of the patch projection; use 'trunc_normal' for so few images"
-            )
+        if not images:
+            raise ConfigError("model.patch_embed_init 'whiten': the training loader gave no batch")
         return torch.cat(images)
 
     def train_tokens(self) -> tuple[int, str]:

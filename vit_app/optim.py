@@ -106,8 +106,8 @@ class BatchedMuon(torch.optim.Optimizer):
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
                 parts = group.get("split", 1)  # e.g. 3: a fused qkv weight, orthogonalised as Q, K and V apart
                 shape = torch.Size((len(p) // parts, p[0].numel()))  # (D / parts, rest)
-                for i, u in enumerate(update.reshape(parts, *shape)):
-                    by_shape.setdefault(shape, []).append((p.view(parts, *shape)[i], u))  # (a view of p, its update)
+                views = zip(p.view(parts, *shape), update.reshape(parts, *shape))  # (a part of p, its update)
+                by_shape.setdefault(shape, []).extend(views)
             for shape, pairs in by_shape.items():
                 stacked = torch.stack([u for _, u in pairs])  # (n, A, B)
                 dtype = self.dtype or ns_dtype(stacked.device)
