@@ -113,21 +113,73 @@ def test_memory_loader_epochs_shards_and_normalisation() -> None:
     assert len(shards[0]) == len(shards[1]) == 10 and not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
-def test_memory_loader_shards_see_what_one_process_sees() -> None:
+@pytest.mark.parametrize("alternate", [False, True])
+def test_memory_loader_shards_see_what_one_process_sees(alternate: bool) -> None:
     # DDP with 2 ranks x batch 4 must hand out the same images, augmented the same way, as 1 process x batch 8.
     g = torch.Generator().manual_seed(1)
     imgs = torch.randint(0, 256, (33, 3, 6, 6), dtype=torch.uint8, generator=g)
     labels = torch.arange(33)
-    mk = lambda bs: TensorBatchLoader(imgs, labels, bs, (0.5,) * 3, (0.25,) * 3, train=True, padding=2, seed=3)  # noqa: E731
-    one = mk(8)
-    ranks = [mk(4), mk(4)]
-    for r, s in enumerate(ranks):
-        s.rank, s.world_size = r, 2
-    assert len(one) == len(ranks[0]) == len(ranks[1]) == 4
-    for (x, y), (x0, y0), (x1, y1) in zip(one, *ranks, strict=True):
-        order = torch.argsort(torch.cat([y0, y1]))
-        torch.testing.assert_close(torch.cat([x0, x1])[order], x[torch.argsort(y)])
-        assert torch.equal(torch.cat([y0, y1])[order], y.sort().values)
+    mk = lambda bs: TensorBatchLoader(imgs, labels, bs, (0.5,) * 3, (0.25,) * 3, train=True, padding=2, seed=3,  # noqa: E731
+                                      alternate_flip=alternate)  # fmt: skip
+    for epoch in (0, 1):
+        one = mk(8)
+        ranks = [mk(4), mk(4)]
+        for r, s in enumerate(ranks):
+            s.rank, s.world_size = r, 2
+        for s in (one, *ranks):
+            s.sampler.set_epoch(epoch)
+        assert len(one) == len(ranks[0]) == len(ranks[1]) == 4
+        for (x, y), (x0, y0), (x1, y1) in zip(one, *ranks, strict=True):
+            order = torch.argsort(torch.cat([y0, y1]))
+            torch.testing.assert_close(torch.cat([x0, x1])[order], x[torch.argsort(y)])
+            assert torch.equal(torch.cat([y0, y1])[order], y.sort().values)
+
+
+def _mirrored(loader: TensorBatchLoader, epoch: int) -> dict[int, bool]:
+    """Each image's mirroring in one epoch (the images rise from left to right, so a mirror falls)."""
+    loader.sampler.set_epoch(epoch)
+    return {int(i): bool(x[0, 0, 0] > x[0, 0, -1]) for xb, yb in loader for x, i in zip(xb, yb)}
+
+
+def test_alternating_flip_mirrors_each_image_the_other_way_each_epoch() -> None:
+    n, w = 40, 6
+    imgs = (torch.arange(w) * 10).view(1, 1, 1, w).expand(n, 3, 2, w).to(torch.uint8).contiguous()
+    labels = torch.arange(n)
+    mk = lambda alt: TensorBatchLoader(imgs, labels, 8, (0.0,) * 3, (1 / 255,) * 3, train=True, padding=0,  # noqa: E731
+                                       seed=5, alternate_flip=alt)  # fmt: skip
+    alt = mk(True)
+    epochs = [_mirrored(alt, e) for e in range(4)]
+    assert all(len(m) == n for m in epochs)  # 40 images, batch 8: every image in every epoch
+    assert 10 < sum(epochs[0].values()) < 30  # epoch 0: about half, at random
+    for before, after in zip(epochs, epochs[1:]):
+        assert all(after[i] != before[i] for i in range(n))  # then the other way, every epoch
+    assert _mirrored(mk(True), 2) == epochs[2]  # a new loader (a resumed run) agrees
+    rand = [_mirrored(mk(False), e) for e in range(4)]
+    flips = sum(rand[e][i] != rand[e + 1][i] for e in range(3) for i in range(n))
+    assert 0 < flips < 3 * n  # random flips: some images keep their side from one epoch to the next
+
+
+def test_alternating_flip_keeps_the_random_crops() -> None:
+    g = torch.Generator().manual_seed(2)
+    imgs = torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.arange(24)
+    mk = lambda alt: TensorBatchLoader(imgs, labels, 6, (0.0,) * 3, (1 / 255,) * 3, train=True, padding=2,  # noqa: E731
+                                       seed=1, alternate_flip=alt)  # fmt: skip
+    same = mirrored = 0
+    for (xa, ya), (xr, yr) in zip(mk(True), mk(False), strict=True):
+        assert torch.equal(ya, yr)
+        for a, r in zip(xa, xr):
+            same += int(torch.equal(a, r))
+            mirrored += int(torch.equal(a, r.flip(-1)) and not torch.equal(a, r))
+    assert same + mirrored == 24 and same > 0 and mirrored > 0  # the same crop; only the flip may differ
+
+
+def test_alternating_flip_needs_the_memory_loader() -> None:
+    with pytest.raises(ConfigError, match="data.flip 'alternate' needs data.loader 'memory'"):
+        ViTDataModule(flip="alternate", loader="torch")
+    with pytest.raises(ConfigError, match="data.flip must be 'random' or 'alternate', got 'sometimes'"):
+        ViTDataModule(flip="sometimes", loader="memory")  # type: ignore[arg-type]
+    assert ViTDataModule(flip="alternate", loader="memory").flip == "alternate"
 
 
 def test_eval_transform_and_extreme_aspect() -> None:

@@ -130,6 +130,12 @@ def test_muon_settings_reach_the_optimiser_and_are_checked() -> None:
     assert {id(p) for p in split} == qkv and len(split) == 2
     with pytest.raises(ConfigError, match="model.muon_split_qkv must go with model.optimizer muon, got True"):
         ViTClassifier(optimizer="adamw", muon_split_qkv=True)
+    opt = ViTClassifier(arch="vit_cifar_tiny", depth=2, optimizer="muon", normuon=True).build_optimizer()
+    assert opt._muon.param_groups[0]["normuon_beta2"] == 0.95  # type: ignore[attr-defined]
+    plain = ViTClassifier(arch="vit_cifar_tiny", depth=2, optimizer="muon").build_optimizer()
+    assert plain._muon.param_groups[0]["normuon_beta2"] is None  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="model.normuon must go with model.optimizer muon, got True"):
+        ViTClassifier(optimizer="adamw", normuon=True)
 
 
 def test_patch_embed_init_is_checked() -> None:

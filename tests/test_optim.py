@@ -4,12 +4,13 @@ halves, and a state_dict round trip (a resumed run) continues exactly."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 from vit_app.model import VisionTransformer
-from vit_app.optim import BatchedMuon, MuonAdamW, param_groups
+from vit_app.optim import BatchedMuon, MuonAdamW, orthogonalize, param_groups
 
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -194,3 +195,55 @@ def test_a_split_weight_steps_as_its_parts_would_apart() -> None:
     BatchedMuon([{"params": [whole]}], lr=0.02, dtype=torch.float32).step()
     BatchedMuon([{"params": [fused], "split": 3}], lr=0.02, dtype=torch.float32).step()
     assert not torch.allclose(whole.detach() - start, fused.detach() - start, atol=1e-4)
+
+
+def _normuon_reference(w: torch.Tensor, grads: list[torch.Tensor], lr: float, decay: float) -> torch.Tensor:
+    """NorMuon written out for one matrix (Li et al. 2025, Algorithm 1, with Muon's Nesterov momentum and the RMS of
+    an AdamW step): the weights after one step per gradient."""
+    w, buf, v = w.clone(), torch.zeros_like(w), torch.zeros(len(w))
+    for g in grads:
+        buf = 0.95 * buf + 0.05 * g
+        o = orthogonalize((0.05 * g + 0.95 * buf)[None], (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)[0]
+        v = 0.95 * v + 0.05 * (o**2).mean(dim=1)
+        o = o / (v.sqrt()[:, None] + 1e-8)
+        w = w * (1 - lr * decay) - 0.2 * lr * math.sqrt(o.numel()) / o.norm() * o
+    return w
+
+
+def test_normuon_steps_as_written_out_for_each_matrix_and_part() -> None:
+    """Two shapes and a split weight in one group: each (part of a) matrix moves as the written-out NorMuon."""
+    g = torch.Generator().manual_seed(3)
+    tall, wide = torch.randn(24, 8, generator=g), torch.randn(8, 16, generator=g)
+    fused = torch.randn(3 * 8, 16, generator=g)
+    params = [torch.nn.Parameter(t.clone()) for t in (tall, wide, fused)]
+    opt = BatchedMuon([{"params": params[:2]}, {"params": params[2:], "split": 3}], lr=0.02, weight_decay=0.1,
+                      dtype=torch.float32, normuon_beta2=0.95)  # fmt: skip
+    grads = [[torch.randn(t.shape, generator=g) for _ in range(3)] for t in (tall, wide, fused)]
+    for k in range(3):
+        for p, gs in zip(params, grads):
+            p.grad = gs[k].clone()
+        opt.step()
+    torch.testing.assert_close(params[0].detach(), _normuon_reference(tall, grads[0], 0.02, 0.1))
+    torch.testing.assert_close(params[1].detach(), _normuon_reference(wide, grads[1], 0.02, 0.1))
+    for i in range(3):  # Q, K and V: each normalised on its own rows and RMS
+        rows = slice(i * 8, (i + 1) * 8)
+        want = _normuon_reference(fused[rows], [gr[rows] for gr in grads[2]], 0.02, 0.1)
+        torch.testing.assert_close(params[2].detach()[rows], want)
+    assert opt.state[params[2]]["neuron_second_moment"].shape == (3, 8)
+
+
+def test_normuon_evens_out_the_rows_of_a_tall_update() -> None:
+    """A tall matrix's orthogonalised update has rows of unequal size; NorMuon's first step moves every row by the
+    same RMS (0.2 lr)."""
+    g = torch.Generator().manual_seed(0)
+    grad = torch.randn(24, 8, generator=g) * torch.linspace(0.1, 3.0, 24)[:, None]
+    moved = {}
+    for beta2 in (None, 0.95):
+        w = torch.nn.Parameter(torch.zeros(24, 8))
+        w.grad = grad.clone()
+        BatchedMuon([w], lr=0.01, dtype=torch.float32, normuon_beta2=beta2).step()
+        moved[beta2] = w.detach().square().mean(dim=1).sqrt()  # each row's RMS step
+    torch.testing.assert_close(moved[0.95], torch.full((24,), 0.002), rtol=1e-4, atol=0)
+    assert moved[None].max() / moved[None].min() > 1.5  # plain Muon: rows of unequal size
+    # about the same RMS as plain Muon's (whose Newton-Schulz steps leave singular values near, not at, 1)
+    torch.testing.assert_close(moved[None].square().mean().sqrt(), torch.tensor(0.002), rtol=0.05, atol=0)

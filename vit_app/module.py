@@ -101,6 +101,8 @@ class ViTClassifier(L.LightningModule):
             AdamW's stays lr. 1: one lr for both, Muon's step scaled to AdamW's size.
         muon_split_qkv: with optimizer "muon", orthogonalise each block's fused qkv update as three matrices (Q, K
             and V apart) instead of one (3 x embed_dim, embed_dim) matrix. The weights stay timm's fused qkv.
+        normuon: with optimizer "muon", NorMuon (Li et al. 2025): each output neuron's row of the orthogonalised
+            update divided by the root of an EMA of its mean square (beta2 0.95), then scaled back to Muon's RMS.
         lr: peak learning rate.
         weight_decay: decoupled weight decay on weight matrices.
         betas: AdamW betas.
@@ -170,6 +172,7 @@ class ViTClassifier(L.LightningModule):
         muon_embed: bool = False,
         muon_lr_scale: float = 1.0,
         muon_split_qkv: bool = False,
+        normuon: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -206,6 +209,7 @@ class ViTClassifier(L.LightningModule):
                 muon_lr_scale)  # fmt: skip
         require(not muon_split_qkv or optimizer == "muon", "model.muon_split_qkv", "go with model.optimizer muon",
                 muon_split_qkv)  # fmt: skip
+        require(not normuon or optimizer == "muon", "model.normuon", "go with model.optimizer muon", normuon)
         require(patch_embed_init in ("trunc_normal", "whiten"), "model.patch_embed_init",
                 "be 'trunc_normal' or 'whiten'", patch_embed_init)  # fmt: skip
         require(not (pretrained and patch_embed_init == "whiten"), "model.patch_embed_init",
@@ -413,7 +417,7 @@ class ViTClassifier(L.LightningModule):
         hp = self.hparams
         return build_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, tuple(hp.betas), hp.layer_decay,
                                hp.muon_momentum, hp.muon_ns_steps, hp.muon_embed, hp.muon_lr_scale,
-                               hp.muon_split_qkv)  # fmt: skip
+                               hp.muon_split_qkv, hp.normuon)  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

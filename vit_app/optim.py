@@ -20,6 +20,7 @@ from torch import Tensor
 OptimizerName = Literal["adamw", "muon"]
 MUON_MOMENTUM = 0.95  # Muon defaults (Keller Jordan's and PyTorch's), shared by every signature that takes them
 MUON_NS_STEPS = 5
+NORMUON_BETA2 = 0.95  # NorMuon (Li et al. 2025): the EMA of each neuron's mean-square update
 
 
 def is_muon_param(name: str, p: torch.Tensor, embed: bool = False) -> bool:
@@ -65,6 +66,17 @@ def orthogonalize(
     return x.mT if wide else x
 
 
+def neuron_normalized(ortho: Tensor, moments: list[Tensor], beta2: float) -> Tensor:
+    """NorMuon's step on (n, A, B) orthogonalised updates: fold each row's mean square into its EMA (`moments`, n
+    tensors of (A,), updated in place), divide each row by the EMA's root, then scale each matrix to RMS 1."""
+    o = ortho.float()
+    v = torch.stack(moments).lerp_(o.square().mean(-1), 1 - beta2)  # (n, A)
+    for m, row in zip(moments, v):
+        m.copy_(row)
+    o = o / (v.sqrt()[..., None] + 1e-8)  # (n, A, B)
+    return o / o.square().mean(dim=(-2, -1), keepdim=True).sqrt().clamp(min=1e-12)
+
+
 class BatchedMuon(torch.optim.Optimizer):
     """The update of torch.optim.Muon (PyTorch >= 2.9) with `adjust_lr_fn="match_rms_adamw"`, orthogonalising all
     matrices of one shape in one batched call (a ViT has four shapes, each once per block): on 2 CPU cores its step
@@ -72,7 +84,9 @@ class BatchedMuon(torch.optim.Optimizer):
     (tests/test_optim.py), and it runs on every PyTorch this package supports. A parameter of more than two
     dimensions (a patch embedding's (D, C, P, P) kernel) is stepped as its (D, C * P * P) matrix. A group with
     `split=k` steps each of its (k * A, B) weights as k matrices (A, B), each orthogonalised on its own (a fused
-    qkv weight as Q, K and V)."""
+    qkv weight as Q, K and V). With `normuon_beta2` (NorMuon, Li et al. 2025), each row (output neuron) of the
+    orthogonalised update is divided by the root of an EMA of its mean square, and the whole is scaled back to the
+    same RMS, so no neuron's weights move much faster than the others'."""
 
     def __init__(
         self,
@@ -82,9 +96,11 @@ class BatchedMuon(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         ns_steps: int = MUON_NS_STEPS,
         dtype: torch.dtype | None = None,
+        normuon_beta2: float | None = None,
     ) -> None:
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True,
-                        ns_coefficients=(3.4445, -4.775, 2.0315), ns_steps=ns_steps, eps=1e-7)  # fmt: skip
+                        ns_coefficients=(3.4445, -4.775, 2.0315), ns_steps=ns_steps, eps=1e-7,
+                        normuon_beta2=normuon_beta2)  # fmt: skip
         self.dtype = dtype  # None: ns_dtype(the parameters' device)
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -96,24 +112,31 @@ class BatchedMuon(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         loss = _run_closure(closure)
         for group in self.param_groups:
-            lr, decay, mu = group["lr"], group["weight_decay"], group["momentum"]
-            by_shape: dict[torch.Size, list[tuple[Tensor, Tensor]]] = {}
+            lr, decay, mu, beta2 = group["lr"], group["weight_decay"], group["momentum"], group.get("normuon_beta2")
+            by_shape: dict[torch.Size, list[tuple[Tensor, Tensor, Tensor | None]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                state = self.state[p]
+                buf = state.setdefault("momentum_buffer", torch.zeros_like(p.grad))
                 buf.lerp_(p.grad, 1 - mu)
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
                 parts = group.get("split", 1)  # e.g. 3: a fused qkv weight, orthogonalised as Q, K and V apart
                 shape = torch.Size((len(p) // parts, p[0].numel()))  # (D / parts, rest)
-                views = zip(p.view(parts, *shape), update.reshape(parts, *shape))  # (a part of p, its update)
+                moments: list[Tensor | None] = [None] * parts
+                if beta2 is not None:  # NorMuon: (parts, D / parts), the EMA of each row's mean-square update
+                    moments = list(state.setdefault("neuron_second_moment", p.new_zeros(parts, shape[0])))
+                views = zip(p.view(parts, *shape), update.reshape(parts, *shape), moments)  # (part, its update, v)
                 by_shape.setdefault(shape, []).extend(views)
-            for shape, pairs in by_shape.items():
-                stacked = torch.stack([u for _, u in pairs])  # (n, A, B)
+            for shape, parts_of in by_shape.items():
+                stacked = torch.stack([u for _, u, _ in parts_of])  # (n, A, B)
                 dtype = self.dtype or ns_dtype(stacked.device)
                 ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
                 step_lr = lr * 0.2 * math.sqrt(max(shape))  # "match_rms_adamw": the RMS of an AdamW step
-                for (w, _), o in zip(pairs, ortho):
+                if beta2 is not None:  # rows evened out, then RMS 1: the same RMS of step, lr * 0.2
+                    ortho = neuron_normalized(ortho, [m for *_, m in parts_of], beta2)  # type: ignore[misc]
+                    step_lr = lr * 0.2
+                for (w, _, _), o in zip(parts_of, ortho):
                     w.mul_(1 - lr * decay).add_(o, alpha=-step_lr)
         return loss
 
@@ -132,12 +155,14 @@ class MuonAdamW(torch.optim.Optimizer):
         momentum: float = MUON_MOMENTUM,
         ns_steps: int = MUON_NS_STEPS,
         ns_dtype: torch.dtype | None = None,
+        normuon_beta2: float | None = None,
     ) -> None:
         muon = [g for g in groups if g.get("muon")]
         adamw = [g for g in groups if not g.get("muon")]
         if not muon:
             raise ValueError("MuonAdamW: no parameter group is marked muon=True (no weight matrices to orthogonalise)")
-        self._muon = BatchedMuon(muon, lr=lr, momentum=momentum, ns_steps=ns_steps, dtype=ns_dtype)
+        self._muon = BatchedMuon(muon, lr=lr, momentum=momentum, ns_steps=ns_steps, dtype=ns_dtype,
+                                 normuon_beta2=normuon_beta2)  # fmt: skip
         self._adamw = torch.optim.AdamW(adamw, lr=lr, betas=betas) if adamw else None
         super().__init__(self._halves_groups(), {"lr": lr})
 
@@ -223,10 +248,13 @@ def build_optimizer(
     muon_embed: bool = False,
     muon_lr_scale: float = 1.0,
     muon_split_qkv: bool = False,
+    normuon: bool = False,
 ) -> torch.optim.Optimizer:
-    """The named optimiser over the model's parameter groups (the schedule is the trainer's)."""
+    """The named optimiser over the model's parameter groups (the schedule is the trainer's); `normuon`: Muon's
+    updates neuron-normalised (BatchedMuon's `normuon_beta2`, NORMUON_BETA2)."""
     muon = name == "muon"
     groups = param_groups(model, weight_decay, lr, layer_decay, muon, muon_embed, muon_lr_scale, muon_split_qkv)
     if muon:
-        return MuonAdamW(groups, lr, betas, momentum=muon_momentum, ns_steps=muon_ns_steps)
+        return MuonAdamW(groups, lr, betas, momentum=muon_momentum, ns_steps=muon_ns_steps,
+                         normuon_beta2=NORMUON_BETA2 if normuon else None)  # fmt: skip
     return torch.optim.AdamW(groups, lr=lr, betas=betas)

@@ -165,6 +165,9 @@ class ViTDataModule(L.LightningDataModule):
         train_crop: "pad" (CIFAR-style pad + random crop), "rrc" (random-resized-crop), "none" (flip only) or
             "auto" (pad up to 64 px, rrc above).
         rrc_scale: area range of the random-resized-crop.
+        flip: training images' horizontal flip: "random" (each image, each epoch, with probability 1/2) or
+            "alternate" (the "memory" loader: at random in epoch 0, then the other way from the epoch before, so
+            every two epochs show each image both ways; airbench's alternating flip).
         crop_pct: eval: centre-crop fraction (resize to img_size / crop_pct, crop img_size); default 1.0 for small
             images, 0.875 for 224 px.
         mean: normalisation mean; default per dataset.
@@ -197,6 +200,7 @@ class ViTDataModule(L.LightningDataModule):
         rand_augment: str | None = None,
         train_crop: TrainCrop = "auto",
         rrc_scale: tuple[float, float] = (0.08, 1.0),
+        flip: Literal["random", "alternate"] = "random",
         crop_pct: float | None = None,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
@@ -264,6 +268,10 @@ class ViTDataModule(L.LightningDataModule):
                 raise ConfigError("data.rand_augment works on PIL images: use data.loader 'torch' with it")
             if train_crop == "rrc":
                 raise ConfigError("data.train_crop: the 'memory' loader does 'pad' or 'none', not 'rrc'")
+        elif flip == "alternate":
+            raise ConfigError("data.flip 'alternate' needs data.loader 'memory' (it mirrors by image and epoch)")
+        require(flip in ("random", "alternate"), "data.flip", "be 'random' or 'alternate'", flip)
+        self.flip = flip
         self.loader, self.memory_device = loader, memory_device
         self.train_crop = train_crop
         cpus = os.cpu_count() or 1
@@ -369,7 +377,9 @@ class ViTDataModule(L.LightningDataModule):
             images, labels = ds
             pad = 0 if self.train_crop == "none" else self.img_size // 8
             batch = self.batch_size if train else self.eval_batch_size
-            loader = TensorBatchLoader(images, labels, batch, self.mean, self.std, train, pad, seed=self.seed)
+            alternate = train and self.flip == "alternate"
+            loader = TensorBatchLoader(images, labels, batch, self.mean, self.std, train, pad, seed=self.seed,
+                                       alternate_flip=alternate)  # fmt: skip
             loader.rank, loader.world_size = self._rank_world()
             return loader
         common = dict(

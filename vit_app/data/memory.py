@@ -23,9 +23,10 @@ def random_crop_flip(
     flip: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    mirror: Tensor | None = None,
 ) -> Tensor:
     """Batched CIFAR augmentation on uint8 or float (B, C, H, W): reflect-pad, crop back at a random offset per
-    image, and mirror half of the images.
+    image, and mirror half of the images (drawn at random, or the images where `mirror` (B,) is true).
 
     The random draws are made for a global batch of B * world_size images and this process takes every
     world_size-th from `rank`, so a DDP run augments each image exactly as one process with the whole batch would.
@@ -42,8 +43,9 @@ def random_crop_flip(
         x = xp.permute(0, 2, 3, 1)[torch.arange(B, device=dev)[:, None, None], rows, cols]  # (B, H, W, C)
         x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
     if flip:
-        mirror = (torch.rand(B * world_size, generator=generator)[pick] < 0.5).to(dev)[:, None, None, None]
-        x = torch.where(mirror, x.flip(-1), x)
+        if mirror is None:
+            mirror = torch.rand(B * world_size, generator=generator)[pick] < 0.5
+        x = torch.where(mirror.to(dev)[:, None, None, None], x.flip(-1), x)
     return x.contiguous()
 
 
@@ -62,6 +64,9 @@ class TensorBatchLoader:
     Lightning sets the epoch through `loader.sampler.set_epoch`, as it does for a DistributedSampler.
     `rank` / `world_size` give each process its own shard of every epoch's permutation (DDP), interleaved as
     DistributedSampler does: batch b of all ranks together is batch b of one process with world_size x the batch.
+
+    `alternate_flip` (airbench, Jordan 2024): each image is mirrored at random in epoch 0, then the other way from
+    the epoch before in every later epoch, so any two epochs in a row show each image both ways.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class TensorBatchLoader:
         flip: bool = True,
         seed: int = 0,
         drop_last: bool | None = None,
+        alternate_flip: bool = False,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -83,6 +89,10 @@ class TensorBatchLoader:
         self.batch_size, self.train = batch_size, train
         self.padding, self.flip, self.seed = padding, flip, seed
         self.drop_last = train if drop_last is None else drop_last
+        self.first_flip: Tensor | None = None  # (N,) bool: each image's mirroring in epoch 0 (alternate_flip)
+        if alternate_flip:
+            draws = torch.rand(len(labels), generator=torch.Generator().manual_seed(mix_seed(seed, len(labels))))
+            self.first_flip = (draws < 0.5).to(images.device)
         dev = images.device
         self.mean = torch.tensor(mean, device=dev).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=dev).view(1, -1, 1, 1) * 255.0
@@ -119,7 +129,8 @@ class TensorBatchLoader:
             x = self.images[sel]
             if self.train:
                 g.manual_seed(mix_seed(self.seed, self.epoch, b))  # each batch's augmentation from (seed, epoch, b)
-                x = random_crop_flip(x, self.padding, g, self.flip, self.rank, self.world_size)
+                mirror = None if self.first_flip is None else self.first_flip[sel] ^ bool(self.epoch % 2)
+                x = random_crop_flip(x, self.padding, g, self.flip, self.rank, self.world_size, mirror)
             yield (x.float() - self.mean) / self.std, self.labels[sel]
 
     def state_dict(self) -> dict[str, int]:
