@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vit_app.inference import load_for_inference  # noqa: E402
-from vit_app.tta import TTA_CHOICES, tta_logits  # noqa: E402
+from vit_app.tta import TTA_CHOICES  # noqa: E402
 
 
 @torch.no_grad()
@@ -36,9 +36,17 @@ def test_accuracy(ckpt: Path, x: torch.Tensor, y: torch.Tensor, tta: str = "none
     std = torch.tensor(m.card.input.std).view(1, 3, 1, 1) * 255
     correct = 0
     for i in range(0, len(y), 1000):
-        logits = tta_logits(m, (x[i : i + 1000].float() - mean) / std, tta)  # (<=1000, C)
+        logits = m.logits((x[i : i + 1000].float() - mean) / std, tta)  # (<=1000, C)
         correct += int((logits.argmax(-1) == y[i : i + 1000]).sum())
     return correct / len(y), float(m.card.provenance.train_minutes or float("nan"))
+
+
+def checkpoints(run_dir: Path, every: int = 1) -> list[Path]:
+    """The run's checkpoints to score: every `every`-th epoch checkpoint (the every-th, 2 x every-th, ...), the last
+    epoch's whatever `every`, then last.ckpt (scored only where it exists)."""
+    epochs = sorted(run_dir.glob("checkpoints/epoch*.ckpt"))
+    picked = [c for i, c in enumerate(epochs) if (i + 1) % every == 0 or i == len(epochs) - 1]
+    return picked + [run_dir / "checkpoints" / "last.ckpt"]
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -56,10 +64,19 @@ def main() -> None:
         "--tta",
         choices=TTA_CHOICES,
         default="none",
-        help="test-time augmentation: flip averages each image's logits with its mirror's (default none)",
+        help="test-time augmentation: flip averages each image's logits with its mirror's; flip_shift over 18 views,"
+        " the image moved by a quarter patch on a 3 x 3 grid and mirrored (18x the time; default none)",
+    )
+    p.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="score every N-th epoch checkpoint (and always the last): a costly --tta over fewer points",
     )
     p.add_argument("--json", help="write the curve here (default: RUN_DIR/test_curve.json)")
     args = p.parse_args()
+    if args.every < 1:
+        p.error(f"--every must be at least 1, got {args.every}")
     if Path(args.run_dir).is_file():  # a curve already scored: draw it again
         out = json.loads(Path(args.run_dir).read_text())
         if args.png:
@@ -71,11 +88,8 @@ def main() -> None:
 
     test = CIFAR10(args.data_root, train=False)
     x, y = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets)
-    ckpts = sorted(Path(args.run_dir, "checkpoints").glob("epoch*.ckpt")) + [
-        Path(args.run_dir, "checkpoints", "last.ckpt")
-    ]
     curve = []
-    for c in ckpts:
+    for c in checkpoints(Path(args.run_dir), args.every):
         if c.exists():
             acc, minutes = test_accuracy(c, x, y, args.tta)
             curve.append({"checkpoint": c.name, "minutes": minutes, "test_acc1": acc})

@@ -65,12 +65,10 @@ def test_classify_matches_the_model_directly(tiny_ckpt: Path, tmp_path: Path) ->
     assert rec["topk"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
-def test_classify_tta_flip_averages_the_logits_of_the_image_and_its_mirror(
-    tiny_ckpt: Path, tmp_path: Path, capsys
-) -> None:
+def test_classify_tta_averages_the_logits_of_the_views(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     import torch
 
-    from vit_app.tta import TTA_CHOICES
+    from vit_app.tta import TTA_CHOICES, tta_logits, view_shift
 
     im = load_for_inference(tiny_ckpt)
     img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8))  # not symmetric
@@ -79,15 +77,18 @@ def test_classify_tta_flip_averages_the_logits_of_the_image_and_its_mirror(
         x = im.transform(img)[None]
         plain = torch.softmax(im.model(x) / im.temperature, -1)[0]
         flip = torch.softmax(0.5 * (im.model(x) + im.model(x.flip(-1))) / im.temperature, -1)[0]
-    assert float((flip - plain).abs().max()) > 1e-4  # the two settings give different answers on this image
-    for tta, want in (("none", plain), ("flip", flip)):
+        shift = view_shift(im.model.patch_embed.patch_size[0])  # the views themselves are checked in test_tta
+        moved = torch.softmax(tta_logits(im.model, x, "flip_shift", shift) / im.temperature, -1)[0]
+    assert float((flip - plain).abs().max()) > 1e-4  # the settings give different answers on this image
+    assert float((moved - flip).abs().max()) > 1e-4
+    for tta, want in (("none", plain), ("flip", flip), ("flip_shift", moved)):
         assert main(["classify", str(tmp_path / "a.png"), "--ckpt", str(tiny_ckpt), "--format", "json",
                      "--topk", "6", "--tta", tta]) == 0  # fmt: skip
         (rec,) = _records(capsys.readouterr().out)
         got = {t["index"]: t["prob"] for t in rec["topk"]}
         assert got == pytest.approx({i: float(p) for i, p in enumerate(want)}, abs=1e-5), tta
-    assert im.predict([img], topk=6, tta="flip")[0] == rec["topk"]  # the Python API gives the same records
-    assert TTA_CHOICES == ("none", "flip")  # the CLI's --tta choices are written out there (no torch import)
+    assert im.predict([img], topk=6, tta="flip_shift")[0] == rec["topk"]  # the Python API gives the same records
+    assert TTA_CHOICES == ("none", "flip", "flip_shift")  # the CLI's --tta choices are written out there (no torch)
 
 
 def test_cli_formats_exit_status_and_globs(tiny_ckpt: Path, odd_dir: Path, tmp_path: Path, capsys) -> None:

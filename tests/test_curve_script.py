@@ -48,3 +48,15 @@ def test_a_saved_curve_is_drawn_again_beside_a_baseline(tmp_path: Path) -> None:
 def test_a_run_folder_needs_the_data_root(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--data-root is needed to score a run folder" in res.stderr
+
+
+def test_every_picks_every_nth_epoch_the_last_epoch_and_last_ckpt(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    for i in range(7):
+        (tmp_path / "checkpoints" / f"epoch{i:03d}.ckpt").touch()
+    names = [c.name for c in _module().checkpoints(tmp_path, every=3)]
+    assert names == ["epoch002.ckpt", "epoch005.ckpt", "epoch006.ckpt", "last.ckpt"]
+    assert len(_module().checkpoints(tmp_path)) == 8  # every=1: all seven epochs and last.ckpt
+    res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--every", "0"], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "--every must be at least 1, got 0" in res.stderr

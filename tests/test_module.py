@@ -158,30 +158,41 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror() -> None:
     torch.testing.assert_close(tta_logits(left_half, x, "flip"), 0.5 * (left_half(x) + right))
     with pytest.raises(ValueError, match="unknown test-time augmentation 'rotate'; choose one of: none, flip"):
         tta_logits(left_half, x, "rotate")
-    with pytest.raises(ConfigError, match="model.eval_tta must be one of none, flip, got 'rotate'"):
+    with pytest.raises(ConfigError, match="model.eval_tta must be one of none, flip, flip_shift, got 'rotate'"):
         ViTClassifier(eval_tta="rotate")  # type: ignore[arg-type]
 
 
-def test_eval_tta_reaches_validation() -> None:
+def test_eval_tta_reaches_validate_and_test_but_not_the_validation_inside_fit() -> None:
+    from types import SimpleNamespace
+
     torch.manual_seed(0)
     m = {
         t: ViTClassifier(arch="vit_cifar_tiny", depth=1, embed_dim=32, num_heads=2, eval_tta=t)
-        for t in ("none", "flip")
+        for t in ("none", "flip", "flip_shift")
     }
     torch.nn.init.normal_(m["none"].model.head.weight)  # the head starts at zero: give the logits something to say
-    m["flip"].model.load_state_dict(m["none"].model.state_dict())
+    for t in ("flip", "flip_shift"):
+        m[t].model.load_state_dict(m["none"].model.state_dict())
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     with torch.no_grad():
-        plain = m["none"].model.eval()(x)
+        net = m["none"].model.eval()
+        plain = net(x)
         want = {
             "none": F.cross_entropy(plain, y),
-            "flip": F.cross_entropy(0.5 * (plain + m["none"].model(x.flip(-1))), y),
+            "flip": F.cross_entropy(0.5 * (plain + net(x.flip(-1))), y),
+            "flip_shift": F.cross_entropy(tta_logits(net, x, "flip_shift", 1), y),  # patch 4: 1 px (test_tta)
         }
-    assert abs(want["none"] - want["flip"]) > 1e-4  # the mirror changes the logits, so the settings can be told apart
-    for t in ("none", "flip"):
-        logged: dict[str, torch.Tensor] = {}
-        m[t].eval()
-        m[t].log = lambda name, value, _logged=logged, **k: _logged.__setitem__(name, value)  # no trainer
-        with torch.no_grad():
-            m[t].validation_step((x, y), 0)
-        torch.testing.assert_close(logged["val/loss"], want[t], rtol=1e-4, atol=1e-5)
+    pairs = (("none", "flip"), ("none", "flip_shift"), ("flip", "flip_shift"))
+    assert min(abs(want[a] - want[b]) for a, b in pairs) > 1e-4  # the settings can be told apart
+    for fn in ("validate", "test", "fit"):
+        for t in ("none", "flip", "flip_shift"):
+            logged: dict[str, torch.Tensor] = {}
+            m[t].eval()
+            m[t]._trainer = SimpleNamespace(state=SimpleNamespace(fn=fn))  # what the step reads of its trainer
+            m[t].log = lambda name, value, _logged=logged, **k: _logged.__setitem__(name, value)
+            with torch.no_grad():
+                (m[t].test_step if fn == "test" else m[t].validation_step)((x, y), 0)
+            expected = want["none"] if fn == "fit" else want[t]  # fit's validation is plain: the budget trains
+            torch.testing.assert_close(logged[f"{'test' if fn == 'test' else 'val'}/loss"], expected, rtol=1e-4,
+                                       atol=1e-5, msg=f"{fn} {t}")  # fmt: skip
+            m[t]._trainer = None

@@ -152,8 +152,10 @@ def cmd_classify(argv: list[str]) -> int:
     p.add_argument("--format", choices=["table", "jsonl", "json", "csv"], default="table",
                    help="output format: jsonl (also spelt json) is one JSON object a line")  # fmt: skip
     p.add_argument("--output", help="write the results to this file instead of standard output")
-    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation: flip averages the "
-                   "logits of each image and of its left-right mirror (twice the compute)")  # fmt: skip
+    p.add_argument("--tta", choices=["none", "flip", "flip_shift"], default="none",
+                   help="test-time augmentation: flip averages the logits of each image and of its left-right mirror "
+                   "(twice the compute); flip_shift averages 18 views, the image moved by a quarter patch (at least "
+                   "1 px) on a 3 x 3 grid, each also mirrored (18x the compute)")  # fmt: skip
     args = p.parse_args(argv)
     from vit_app.classify import classify
 

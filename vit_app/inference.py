@@ -21,7 +21,7 @@ from vit_app.data.images import load_image
 from vit_app.data.transforms import build_eval_transform
 from vit_app.errors import CheckpointError
 from vit_app.model import VisionTransformer
-from vit_app.tta import TTA, tta_logits
+from vit_app.tta import TTA, tta_logits, view_shift
 
 ImageLike = str | os.PathLike | Image.Image
 
@@ -67,10 +67,15 @@ class InferenceModel:
         """Logits (B, C) for a normalised batch (B, 3, S, S)."""
         return self.model(x.to(self.device)).float()
 
+    def logits(self, x: torch.Tensor, tta: TTA = "none") -> torch.Tensor:
+        """Logits (B, C) for a normalised batch, averaged over the views of test-time augmentation `tta`
+        ("flip": each image and its mirror; "flip_shift": 18 views, moved a quarter patch and mirrored; vit_app.tta)."""
+        return tta_logits(self, x, tta, view_shift(self.model.patch_embed.patch_size[0]))
+
     def probs(self, x: torch.Tensor, tta: TTA = "none") -> torch.Tensor:
         """Class probabilities (B, C) for a normalised batch, with the card's temperature (1 unless calibrated);
-        `tta` "flip" averages the logits of each image and its mirror first (vit_app.tta)."""
-        return torch.softmax(tta_logits(self, x, tta) / self.temperature, dim=-1).cpu()
+        `tta` as in `logits`."""
+        return torch.softmax(self.logits(x, tta) / self.temperature, dim=-1).cpu()
 
     def load(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """Image files or PIL images -> the normalised batch (N, 3, S, S) the model takes. A file that cannot be

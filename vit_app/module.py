@@ -30,7 +30,7 @@ from vit_app.optim import MUON_MOMENTUM, MUON_NS_STEPS, OptimizerName, build_opt
 from vit_app.pretrained import load_pretrained
 from vit_app.rng import rng_states, set_rng_states
 from vit_app.schedule import LR_SCHEDULES, TrainingClock, warmup_decay
-from vit_app.tta import TTA, TTA_CHOICES, tta_logits
+from vit_app.tta import TTA, TTA_CHOICES, tta_logits, view_shift
 
 # ViTClassifier arguments that are ViTConfig fields (timm's names): the CLI sets them from a checkpoint's card.
 ARCH_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "class_token", "reg_tokens",
@@ -131,8 +131,11 @@ class ViTClassifier(L.LightningModule):
             embeddings at lr * decay^(depth + 1), the head at lr. None = off.
         compile: run the training forward through torch.compile (worth it on GPUs; the weights and checkpoints
             are those of the plain model).
-        eval_tta: test-time augmentation in validation and test: "none", or "flip" (the mean of the logits of each
-            image and its mirror; twice the evaluation cost). Training and checkpoints do not change with it.
+        eval_tta: test-time augmentation for `validate` and `test`: "none"; "flip" (the mean of the logits of each
+            image and its mirror; twice the evaluation cost); or "flip_shift" (18 views: the image moved by a quarter
+            patch, at least 1 px, in each direction on a 3 x 3 grid, each also mirrored; 18x the evaluation cost).
+            The validation inside `fit` stays plain, so the time budget buys training. Training and checkpoints do
+            not change with it.
     """
 
     def __init__(
@@ -441,7 +444,9 @@ class ViTClassifier(L.LightningModule):
         x, y = batch[0], batch[1]
         if y.numel() == 0:
             return None
-        logits = tta_logits(self.eval_model, x, self.hparams.eval_tta)
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        tta = "none" if fitting else self.hparams.eval_tta  # fit's validation: plain views, the budget trains
+        logits = tta_logits(self.eval_model, x, tta, view_shift(self.model.patch_embed.patch_size[0]))
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
         acc1.update(logits, y)
         acc5.update(logits, y)
