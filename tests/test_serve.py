@@ -230,3 +230,40 @@ def test_apis_answer_batched_and_unbatched_alike(tiny_ckpt: Path, images: list[P
         assert len(batched) == len(images)
         for b, s in zip(batched, single):
             assert _same(b["topk"], s["topk"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--port", "80"], ["--port", "must be 1024 or more, got 80"]),
+        (["--port", "99999"], ["--port", "must be 65535 or less, got 99999"]),
+        (["--port", "eighty"], ["--port", "'eighty' is not a whole number"]),
+        (["--host", "999.1.1.1"], ["--host", "'999.1.1.1'", "localhost, 127.0.0.1, 0.0.0.0, ::"]),
+        (["--host", "example.org"], ["--host", "'example.org'"]),
+    ],
+)
+def test_hosts_and_ports_litserve_cannot_use_are_refused_by_name(
+    args: list[str], words: list[str], tiny_ckpt: Path, capsys
+) -> None:
+    from vit_app.cli import main
+
+    assert main(["serve", "--ckpt", str(tiny_ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(ln for ln in err.splitlines() if "error:" in ln)
+    for w in words:
+        assert w in line, (w, line)
+
+
+def test_a_port_in_use_is_one_line_before_any_worker_starts(tiny_ckpt: Path, capsys) -> None:
+    from vit_app.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--ckpt", str(tiny_ckpt), "--host", "localhost", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith("vit-app: error:"))
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in line and "choose another --port" in line
+    assert "Traceback" not in err and "vit-app serve: http" not in err  # refused before the server starts

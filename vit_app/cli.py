@@ -352,6 +352,38 @@ def cmd_calibrate(argv: list[str]) -> int:
     return 0
 
 
+SERVE_HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # the addresses LitServe's run() accepts
+PORTS = (1024, 65535)  # LitServe's range: no privileged ports
+
+
+def _serve_host(text: str) -> str:
+    host = "127.0.0.1" if text == "localhost" else text
+    if host not in SERVE_HOSTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one of localhost, {', '.join(SERVE_HOSTS)}")
+    return host
+
+
+def _serve_port(text: str) -> int:
+    port = _at_least(PORTS[0])(text)
+    if port > PORTS[1]:
+        raise argparse.ArgumentTypeError(f"must be {PORTS[1]} or less, got {port}")
+    return port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port another program holds (the server would otherwise start its workers first)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); another program may "
+                              "hold it: choose another --port") from None  # fmt: skip
+
+
 def cmd_serve(argv: list[str]) -> int:
     p = _parser(
         "serve",
@@ -359,8 +391,10 @@ def cmd_serve(argv: list[str]) -> int:
         "or a multipart file; GET /health; GET / is a page to drop an image on. Bad uploads get a 4xx.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint, exported .safetensors file or timm-format folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_at_least(1), default=8000, help="TCP port")
+    p.add_argument("--host", type=_serve_host, default="127.0.0.1",
+                   help="address to listen on: 127.0.0.1 (or localhost; this machine only), 0.0.0.0 (every IPv4 "
+                   "interface) or :: (every interface); LitServe listens on no other")  # fmt: skip
+    p.add_argument("--port", type=_serve_port, default=8000, help=f"TCP port, {PORTS[0]}-{PORTS[1]}")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--max-batch-size", type=_at_least(1), default=16, help="requests run together (1: no batching)")
     p.add_argument("--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill up")
@@ -378,6 +412,7 @@ def cmd_serve(argv: list[str]) -> int:
     from vit_app.inference import resolve_device
 
     read_card_file(args.ckpt)  # a bad file is refused here, in one line, before any worker starts
+    _check_port_free(args.host, args.port)
     try:
         device = str(resolve_device(args.device))
     except ValueError as e:
