@@ -42,3 +42,15 @@ class SaveWeights(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             torch.save({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}, self.path)
+
+
+class SignalAtEvalBatch(Callback):
+    """Send `sig` to this process after the first batch of validate / test / predict (an evaluation preempted)."""
+
+    def __init__(self, sig: int = 15) -> None:
+        self.sig = sig
+
+    def _kill(self, *args, **kwargs) -> None:
+        os.kill(os.getpid(), signal.Signals(self.sig))
+
+    on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _kill

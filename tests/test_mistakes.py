@@ -168,6 +168,12 @@ def test_impossible_options_are_refused_by_name(
     assert not (tmp_path / "out").exists()  # a refused option leaves no output folder
 
 
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_or_pretrained_weights_is_refused(command: str, tmp_path: Path, capsys):
+    args = [command, "--config", str(CONFIGS / "quickstart.yaml"), "--data.predict_path", str(_img(tmp_path / "in"))]
+    _fails(args, capsys, f"vit-app {command}: give --ckpt_path", "--model.pretrained", "the model is untrained")
+
+
 def test_data_whose_class_count_differs_from_the_model_is_refused(tiny_ckpt: Path, cifar_root: Path, capsys) -> None:
     for command in (["calibrate", "--num-images", "16"], ["explain-eval", "--num-images", "4"]):
         _fails([*command, "--ckpt", str(tiny_ckpt), "--data", f"cifar10:{cifar_root}"], capsys,

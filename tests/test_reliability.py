@@ -68,6 +68,22 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path: Path) -> None:
     assert ckpt["global_step"] == 7
 
 
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_sigterm_during_evaluation_leaves_the_runs_last_ckpt_as_it_was(command: str, tiny_ckpt: Path, tmp_path: Path):
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"  # evaluating a run's own last.ckpt, where fit would save one
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(tiny_ckpt.read_bytes())
+    before = ckpt.read_bytes()
+    args = [sys.executable, "-m", "vit_app", command, "--ckpt_path", str(ckpt), "--data.synthetic_val_size", "64",
+            "--data.batch_size", "16", *_callback("SignalAtEvalBatch")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert "vit-app: stopped by SIGTERM" in res.stderr and "last.ckpt was saved" not in res.stderr
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_message(tmp_path: Path) -> None:
     res = _fit(tmp_path, _callback("PoisonAtStep", step=3))

@@ -150,6 +150,19 @@ def test_per_class_rows_from_a_hand_made_confusion_matrix() -> None:
     assert rows[0]["most_confused_with"] == "b" and rows[1]["most_confused_with"] == ""
 
 
+def test_per_class_table_shows_a_dash_where_a_share_is_undefined() -> None:
+    from vit_app.plots import confusion_matrix, format_per_class, per_class_rows
+
+    # class a: always predicted; b: never predicted (no precision); c: no samples and never predicted (neither)
+    cm = confusion_matrix(torch.tensor([0, 0, 0]), torch.tensor([0, 0, 1]), 3)  # (predicted, true)
+    lines = format_per_class(per_class_rows(cm, ["a", "b", "c"])).splitlines()
+    assert lines[1].split() == ["a", "2", "100.0%", "66.7%"]
+    assert lines[2].split() == ["b", "1", "0.0%", "-", "a"]
+    assert lines[3].split() == ["c", "0", "-", "-"]
+    assert "nan" not in "\n".join(lines)
+    assert lines[2].index("%") == lines[1].index("%") == lines[3].index("-") + 1  # the column lines up
+
+
 def test_test_command_writes_confusion_matrix_and_per_class_table(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     import csv
 

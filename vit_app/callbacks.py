@@ -74,6 +74,8 @@ class Checkpoint(ModelCheckpoint):
             self._save_last_now(trainer)  # a run stopped mid-epoch (time budget, max_steps): keep its final weights
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn != "fit":
+            return  # validate / test / predict: nothing to resume, and the run's own last.ckpt must stay as it is
         if isinstance(exception, SIGTERMException) and not trainer.fast_dev_run and self.dirpath:
             path = self._save_last_now(trainer)  # at a batch boundary: resumable with --ckpt_path last
             rank_zero_info(f"vit-app: SIGTERM received: saved {path}")

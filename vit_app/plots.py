@@ -112,14 +112,19 @@ def write_per_class_csv(rows: list[dict[str, object]], path: str | os.PathLike) 
     return out
 
 
+def _percent(share: float, width: int) -> str:
+    """A share as a percentage in `width` + 1 characters; "-" where it is undefined (no samples, nothing predicted)."""
+    return f"{100 * share:{width}.1f}%" if share == share else f"{'-':>{width}s} "
+
+
 def format_per_class(rows: list[dict[str, object]]) -> str:
     """The per-class table for a terminal."""
     width = max(len("class"), *(len(str(r["class"])) for r in rows))
     lines = [f"{'class':{width}s}  support  accuracy  precision  most confused with"]
     for r in rows:
-        acc, prec = float(r["accuracy"]), float(r["precision"])  # type: ignore[arg-type]
+        acc, prec = (_percent(float(r[k]), w) for k, w in (("accuracy", 7), ("precision", 8)))  # type: ignore[arg-type]
         name, confused = str(r["class"]), r["most_confused_with"]
-        lines.append(f"{name:{width}s}  {r['support']:7d}  {100 * acc:7.1f}%  {100 * prec:8.1f}%  {confused}")
+        lines.append(f"{name:{width}s}  {r['support']:7d}  {acc}  {prec}  {confused}")
     return "\n".join(lines)
 
 

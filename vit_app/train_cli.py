@@ -103,6 +103,12 @@ class ViTCLI(LightningCLI):
         cfg["trainer"]["logger"] = False
         ckpt = cfg.get("ckpt_path")
         if not ckpt:
+            if not cfg["model"].get("pretrained"):  # the weights would be a fresh random init: chance accuracy
+                raise ConfigError(
+                    f"vit-app {self.subcommand}: give --ckpt_path (a checkpoint from fit, e.g. "
+                    "runs/NAME/version_0/checkpoints/best.ckpt) or --model.pretrained (timm weights); without either "
+                    "the model is untrained"
+                )
             return
         self._model_from_card(cfg, read_card_file(ckpt), str(ckpt))
         out = str(eval_dir(ckpt))
@@ -272,7 +278,8 @@ def run(args: list[str], quiet: bool = False) -> int:
     try:
         build_cli(args)
     except SIGTERMException:
-        print("vit-app: stopped by SIGTERM; last.ckpt was saved (resume with --ckpt_path last)", file=sys.stderr)
+        saved = "; last.ckpt was saved (resume with --ckpt_path last)" if args and args[0] == "fit" else ""
+        print(f"vit-app: stopped by SIGTERM{saved}", file=sys.stderr)
         return 143
     except ArgumentError as e:  # jsonargparse: unknown key, wrong type, unreadable config file
         msg = " ".join(str(e).split())
