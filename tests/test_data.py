@@ -243,3 +243,49 @@ def test_imagefolder_in_memory_with_held_out_validation(tmp_path: Path, capsys) 
     assert stored == {tuple(pixels(Image.open(f).convert("RGB")).flatten()[:32].tolist()) for f in files}
     dm.setup("test")
     assert len(dm.test_set[1]) == 4  # the val folder is the test split
+
+
+def _tree(root: Path, splits: dict[str, dict[str, int]]) -> None:
+    """root/<split>/<class>/<i>.png: 12 x 12 random images, as many as each count says."""
+    rng = np.random.default_rng(1)
+    for split, classes in splits.items():
+        for c, n in classes.items():
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_a_broken_file_is_named_once_in_the_report(tmp_path: Path, capsys) -> None:
+    _tree(tmp_path, {"train": {"a": 3, "b": 3}, "val": {"a": 1, "b": 1}})
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, batch_size=2, loader="memory").setup("fit")
+    err = capsys.readouterr().err
+    assert "left out 1 unreadable image(s) of 7" in err and err.count("broken.png") == 1
+
+
+@pytest.mark.parametrize("loader", ["memory", "torch"])
+def test_a_batch_larger_than_the_training_set_is_refused(loader: str, tmp_path: Path) -> None:
+    # drop_last keeps training batches full: 6 images and batch 8 would train on nothing
+    _tree(tmp_path, {"train": {"a": 3, "b": 3}, "val": {"a": 1, "b": 1}})
+    dm = ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, batch_size=8, loader=loader)
+    with pytest.raises(ConfigError, match=r"data.batch_size: 8 is more than the 6 training images.*lower"):
+        dm.setup("fit")
+    ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, batch_size=6, loader=loader).setup("fit")
+    dm = ViTDataModule(dataset="synthetic", synthetic_train_size=20, batch_size=32, loader=loader)
+    with pytest.raises(ConfigError, match="32 is more than the 20 training images"):
+        dm.setup("fit")
+    ViTDataModule(dataset="synthetic", synthetic_train_size=20, batch_size=32, loader=loader).setup("validate")
+
+
+def test_val_classes_missing_from_train_are_named(tmp_path: Path) -> None:
+    _tree(tmp_path, {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1, "stray": 1}})
+    with pytest.warns(UserWarning, match=r"val' has class folders that .*train' lacks, left out of evaluation: stray"):
+        dm = ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, batch_size=2)
+    assert dm.class_names == ["a", "b"]
+    subset = tmp_path / "subset.txt"
+    subset.write_text("a\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a class subset leaves the other folders out on purpose: no warning
+        ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, class_subset=str(subset))

@@ -315,7 +315,7 @@ class _no_warning:
 def test_stages_build_only_the_splits_they_use() -> None:
     from vit_app.data.datamodule import ViTDataModule
 
-    dm = ViTDataModule(loader="memory", synthetic_train_size=64, synthetic_val_size=16, predict_path="x")
+    dm = ViTDataModule(loader="memory", synthetic_train_size=64, synthetic_val_size=16, batch_size=16, predict_path="x")
     dm.setup("predict")
     assert dm.train_set is None and dm.val_set is None and dm.test_set is None
     dm.setup("validate")
@@ -360,6 +360,7 @@ def _cli(args: list[str], cwd: Path, timeout: int = 180) -> subprocess.Completed
         (["--model.arch", "vit_huge"], ["model.arch", "unknown preset"]),
         (["--data.batch_size", "0"], ["data.batch_size must be 1 or more"]),
         (["--data.batch_size", "-8"], ["data.batch_size"]),
+        (["--data.batch_size", "65"], ["data.batch_size: 65 is more than the 64 training images", "lower"]),
         (["--data.num_workers", "-1"], ["data.num_workers"]),
         (["--data.img_size", "0"], ["data.img_size must be a whole number >= 1"]),
         (["--data.crop_pct", "1.5"], ["data.crop_pct must be in (0, 1]"]),
@@ -368,7 +369,8 @@ def _cli(args: list[str], cwd: Path, timeout: int = 180) -> subprocess.Completed
         (["--data.val_holdout", "999999"], ["data.val_holdout: 999999 is not smaller than the 64 training images"]),
         (["--data.synthetic_train_size", "0"], ["data.synthetic_train_size"]),
         (  # 16,384 patches + a class token: terabytes at any precision, refused before training
-            ["--data.img_size", "512", "--model.patch_size", "4", "--data.batch_size", "4096"],
+            ["--data.img_size", "512", "--model.patch_size", "4", "--data.batch_size", "4096",
+             "--data.synthetic_train_size", "4096"],  # fmt: skip
             ["out of memory ahead", "data.batch_size 4096", "patch 4 on 512x512 px: 16,385 tokens", "model.patch_size"],
         ),
         (["--data.dataset", "mnist"], ["data.dataset"]),

@@ -108,7 +108,7 @@ def load_items(
             img = load_image(p)
             return Item(p, img, transform(img))
         except ImageLoadError as e:
-            return Item(p, error=str(e).removeprefix(f"{p}: "))
+            return Item(p, error=e.reason(p))
         except Exception as e:  # a transform failing on an odd image must not end the run
             return Item(p, error=f"{type(e).__name__}: {e}")
 

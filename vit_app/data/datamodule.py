@@ -65,7 +65,7 @@ def _decode_folder(ds: ImageFolderDataset, indices: list[int], pixels: Any) -> t
             images.append(pixels(load_image(path)))
             labels.append(label)
         except ImageLoadError as e:
-            bad.append(f"{path}: {e}")
+            bad.append(f"{path}: {e.reason(path)}")
     if bad:
         say(f"data: left out {len(bad)} unreadable image(s) of {len(indices)}: " + "; ".join(bad[:3])
             + (" ..." if len(bad) > 3 else ""))  # fmt: skip
@@ -251,6 +251,10 @@ class ViTDataModule(L.LightningDataModule):
             train_dir, val_dir = Path(self.root) / train_split, Path(self.root) / val_split  # type: ignore[arg-type]
             self.class_names = find_classes(train_dir, names, keep_order=given is not None)
             find_classes(val_dir, self.class_names)  # the same classes must exist for validation
+            extra = sorted(set(find_classes(val_dir)) - set(self.class_names)) if names is None else []
+            if extra:  # classes read from train/: a val/ class it lacks is a likely misplaced folder
+                warnings.warn(f"data.root: '{val_dir}' has class folders that '{train_dir}' lacks, left out of "
+                              f"evaluation: {_some(extra)}", stacklevel=2)  # fmt: skip
             default_size, default_stats = 224, (None, None)  # InputSpec's defaults: ImageNet's
         else:
             raise ConfigError(
@@ -370,6 +374,17 @@ class ViTDataModule(L.LightningDataModule):
                 transform = self.train_transform if split == "train" else self.eval_transform
                 built = SeededTransform(raw, transform, self.seed)
             setattr(self, f"{split}_set", built)
+            if split == "train":
+                self._check_one_batch()
+
+    def _check_one_batch(self) -> None:
+        """Training batches are always full (drop_last): refuse a batch size larger than a process's share of the
+        training images, which would train on nothing."""
+        n, world = len(self.train_set[1]) if self.loader == "memory" else len(self.train_set), self._rank_world()[1]  # type: ignore[arg-type]
+        if n // world < self.batch_size:
+            share = f" ({n // world} a process over {world})" if world > 1 else ""
+            raise ConfigError(f"data.batch_size: {self.batch_size} is more than the {n} training images{share}, and a "
+                              "training batch is always full: lower data.batch_size")  # fmt: skip
 
     def _loader(self, ds: Any, train: bool) -> DataLoader | TensorBatchLoader:
         assert ds is not None, "call setup() first"

@@ -97,5 +97,5 @@ class ImageFolderDataset(Dataset):
         try:
             img = load_image(path)
         except ImageLoadError as e:  # reported by the training loop; the batch goes on without it
-            return BadImage(path, str(e)), label
+            return BadImage(path, e.reason(path)), label
         return (self.transform(img) if self.transform else img), label

@@ -26,6 +26,10 @@ MAX_PIXELS = 89_478_485  # Pillow's default bomb threshold; twice this is refuse
 class ImageLoadError(UserError, ValueError):
     """An image that cannot be used, with the file and the reason in the message."""
 
+    def reason(self, path: str | os.PathLike) -> str:
+        """The message without its leading "<path>: ", for reports that name the file themselves."""
+        return str(self).removeprefix(f"{path}: ")
+
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
