@@ -369,8 +369,7 @@ def _cli(args: list[str], cwd: Path, timeout: int = 180) -> subprocess.Completed
         (["--data.val_holdout", "999999"], ["data.val_holdout: 999999 is not smaller than the 64 training images"]),
         (["--data.synthetic_train_size", "0"], ["data.synthetic_train_size"]),
         (  # 16,384 patches + a class token: terabytes at any precision, refused before training
-            ["--data.img_size", "512", "--model.patch_size", "4", "--data.batch_size", "4096",
-             "--data.synthetic_train_size", "4096"],  # fmt: skip
+            "--data.img_size 512 --model.patch_size 4 --data.batch_size 4096 --data.synthetic_train_size 4096".split(),
             ["out of memory ahead", "data.batch_size 4096", "patch 4 on 512x512 px: 16,385 tokens", "model.patch_size"],
         ),
         (["--data.dataset", "mnist"], ["data.dataset"]),
