@@ -289,3 +289,19 @@ def test_val_classes_missing_from_train_are_named(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a class subset leaves the other folders out on purpose: no warning
         ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, class_subset=str(subset))
+
+
+def test_a_root_one_folder_too_deep_gets_its_parent_named(cifar_root: Path, tmp_path: Path) -> None:
+    inner = cifar_root / "cifar-10-batches-py"
+    with pytest.raises(ConfigError, match=rf"cifar-10-batches-py/ itself: give its parent, '{cifar_root.absolute()}'"):
+        ViTDataModule(dataset="cifar10", root=str(inner))
+    with pytest.raises(
+        ConfigError, match=r"cifar-100-python' does not exist .*holds cifar-10-batches-py/: data.dataset cifar10\?"
+    ):
+        ViTDataModule(dataset="cifar100", root=str(cifar_root))
+    _tree(tmp_path, {"train": {"a": 1}, "val": {"a": 1}})
+    for split in ("train", "val"):
+        with pytest.raises(ConfigError, match=rf"is {split}/ itself: give its parent, '{tmp_path}'"):
+            ViTDataModule(dataset="imagefolder", root=str(tmp_path / split))
+    with pytest.raises(ConfigError, match=r"folder '.*nothing/train' does not exist; expected"):
+        ViTDataModule(dataset="imagefolder", root=str(tmp_path / "nothing"))

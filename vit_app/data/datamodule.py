@@ -47,6 +47,12 @@ def _cifar_classes(kind: str, root: str | None) -> list[str]:
     return [f"class_{i:03d}" for i in range(100)]  # replaced by the real names once the data is on disk
 
 
+def _parent_hint(root: str | os.PathLike | None, *folders: str) -> str:
+    """A hint when data.root names a folder that should be inside it (a common slip): give the parent."""
+    p = Path(os.path.expanduser(root or "")).absolute()
+    return f" (data.root is {p.name}/ itself: give its parent, '{p.parent}')" if p.name in folders else ""
+
+
 def _some(names: list[str], n: int = 6) -> str:
     """The first few names, for messages."""
     return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
@@ -249,6 +255,11 @@ class ViTDataModule(L.LightningDataModule):
             subset = read_class_subset(os.path.expanduser(class_subset)) if class_subset else None
             names = given if given is not None else subset
             train_dir, val_dir = Path(self.root) / train_split, Path(self.root) / val_split  # type: ignore[arg-type]
+            for d in (train_dir, val_dir):
+                if not d.is_dir():
+                    hint = _parent_hint(self.root, train_split, val_split)
+                    raise ConfigError(f"data.root: folder '{d}' does not exist{hint}; expected "
+                                      "<root>/<split>/<class>/<image>")  # fmt: skip
             self.class_names = find_classes(train_dir, names, keep_order=given is not None)
             find_classes(val_dir, self.class_names)  # the same classes must exist for validation
             extra = sorted(set(find_classes(val_dir)) - set(self.class_names)) if names is None else []
@@ -324,9 +335,12 @@ class ViTDataModule(L.LightningDataModule):
             )
         folder = Path(self.root) / CIFAR_FOLDERS[self.kind]
         if not self.download and not folder.is_dir():
+            other = [k for k, f in CIFAR_FOLDERS.items() if k != self.kind and (Path(self.root) / f).is_dir()]
+            hint = f" ('{self.root}' holds {CIFAR_FOLDERS[other[0]]}/: data.dataset {other[0]}?)" if other else ""
             raise ConfigError(
-                f"data.root: '{folder}' does not exist; point data.root at the folder holding "
-                f"{CIFAR_FOLDERS[self.kind]}/, or set data.download: true to fetch it (needs network)"
+                f"data.root: '{folder}' does not exist{_parent_hint(self.root, CIFAR_FOLDERS[self.kind])}{hint}; "
+                f"point data.root at the folder holding {CIFAR_FOLDERS[self.kind]}/, or set data.download: true to "
+                "fetch it (needs network)"
             )
 
     def prepare_data(self) -> None:
