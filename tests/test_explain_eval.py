@@ -95,3 +95,13 @@ def test_two_object_split_has_disjoint_masks_of_two_classes() -> None:
         assert img.shape == (32, 32, 3) and a != b and masks.shape == (2, 32, 32)
         assert masks[0].any() and masks[1].any() and not (masks[0] & masks[1]).any()
     np.testing.assert_array_equal(render_pair(3000, 7, 32)[0], render_pair(3000, 7, 32)[0])  # deterministic
+
+
+def test_table_columns_line_up_whatever_the_method_names() -> None:
+    from vit_app.explain.evaluate import format_table
+
+    cell = [0.5, 0.4, 0.6]
+    results = {n: {"deletion_auc": cell, "insertion_auc": cell} for n in ("rollout", "mean-attention", "random")}
+    rows = format_table(results).splitlines()[2:5]
+    assert [r.split()[0] for r in rows] == ["rollout", "mean-attention", "random"]
+    assert len({r.index("0.500") for r in rows}) == 1 and len({len(r) for r in rows}) == 1

@@ -217,10 +217,11 @@ def format_table(results: dict[str, dict[str, list[float]]]) -> str:
             ("pair_pointing_seen", "pairs it sees")]  # fmt: skip
     cols = [c for c in cols if any(c[0] in r for r in results.values())]
     rnd = results.get("random", {}).get("deletion_auc")
-    head = f"{'method':<12}" + "".join(f"{title:>22}" for _, title in cols) + (f"{'del / random':>14}" if rnd else "")
+    w = max(len("method"), *map(len, results)) + 2  # the longest method name sets the first column
+    head = f"{'method':<{w}}" + "".join(f"{title:>22}" for _, title in cols) + (f"{'del / random':>14}" if rnd else "")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
-        row = f"{name:<12}" + "".join(f"{_cell(r.get(k)):>22}" for k, _ in cols)
+        row = f"{name:<{w}}" + "".join(f"{_cell(r.get(k)):>22}" for k, _ in cols)
         if rnd and "deletion_auc" in r:
             row += f"{r['deletion_auc'][0] / rnd[0]:>14.2f}"
         lines.append(row)
