@@ -112,6 +112,20 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     assert after < before / 3
 
 
+def test_the_ece_after_is_measured_on_images_the_temperature_was_not_fitted_on() -> None:
+    from vit_app.calibrate import cross_fitted_probs
+
+    g = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(101, 4, generator=g) * 3, torch.randint(0, 4, (101,), generator=g)
+    probs = cross_fitted_probs(logits, labels, seed=5)
+    perm = torch.randperm(101, generator=torch.Generator().manual_seed(5))
+    a, b = perm[:50], perm[50:]  # two halves: 50 and 51 images
+    t_a, t_b = fit_temperature(logits[a], labels[a]), fit_temperature(logits[b], labels[b])
+    assert t_a != pytest.approx(t_b, rel=1e-3)  # the halves differ, so which temperature went where is checked
+    assert torch.allclose(probs[a], (logits[a] / t_b).softmax(-1), atol=1e-6)
+    assert torch.allclose(probs[b], (logits[b] / t_a).softmax(-1), atol=1e-6)
+
+
 def test_calibrate_command_stores_the_temperature(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cal.ckpt"
     args = ["calibrate", "--ckpt", str(tiny_ckpt), "--num-images", "200", "--out", str(out)]
@@ -126,6 +140,10 @@ def test_calibrate_command_stores_the_temperature(tiny_ckpt: Path, tmp_path: Pat
     assert stored == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
     assert im.temperature == 1.0  # --out: the input file is left as it was
     assert "ECE before" in text and Image.open(tmp_path / "rel.png").width > 0
+    from vit_app.calibrate import cross_fitted_probs
+
+    after = float(re.search(r"after: ([0-9.]+) \(cross-fitted", text).group(1))
+    assert after == pytest.approx(expected_calibration_error(cross_fitted_probs(logits, labels), labels), abs=0.5e-4)
 
 
 def test_plot_command_draws_the_curves(tiny_ckpt: Path, tmp_path: Path) -> None:
