@@ -41,3 +41,31 @@ def test_predict_over_the_test_split_as_csv(tiny_ckpt: Path, tmp_path: Path) -> 
     lines = (out / "predictions.csv").read_text().splitlines()
     assert lines[0].startswith("path,label_1,index_1,prob_1,label_2") and len(lines) == 41
     assert lines[1].startswith("test/0,") and lines[40].startswith("test/39,")
+
+
+def test_predict_counts_and_names_failures_and_exits_1_as_classify_does(tiny_ckpt: Path, tmp_path: Path, capsys):
+    import io
+
+    from vit_app.classify import classify
+    from vit_app.cli import main
+    from vit_app.inference import load_for_inference
+
+    make_odd_images(tmp_path / "imgs")
+    out = tmp_path / "pred"
+    args = ["predict", "--ckpt_path", str(tiny_ckpt), "--data.predict_path", str(tmp_path / "imgs")]
+    assert main([*args, "--predict_writer.output_dir", str(out), "--trainer.enable_progress_bar", "false"]) == 1
+    said = capsys.readouterr()
+    summary = next(ln for ln in (said.out + said.err).splitlines() if ln.startswith("vit-app predict: "))
+    assert f"{13 - len(BROKEN)} predicted, {len(BROKEN)} failed" in summary and f"written to {out}" in summary
+    recs = {Path(r["path"]).name: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    text = io.StringIO()  # classify over the same files: the same reasons, without the path repeated in them
+    classify(load_for_inference(tiny_ckpt), sorted(str(p) for p in (tmp_path / "imgs").iterdir()), text, "jsonl")
+    theirs = {Path(r["path"]).name: r for r in map(json.loads, text.getvalue().splitlines())}
+    for name in BROKEN:
+        assert recs[name]["error"] == theirs[name]["error"] and str(tmp_path) not in recs[name]["error"], name
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "a.png").write_bytes(next(p for p in (tmp_path / "imgs").iterdir() if p.name not in BROKEN).read_bytes())
+    assert main(["predict", "--ckpt_path", str(tiny_ckpt), "--data.predict_path", str(good),
+                 "--predict_writer.output_dir", str(tmp_path / "pred2")]) == 0  # fmt: skip
+    assert "1 predicted, 0 failed; written to" in capsys.readouterr().out

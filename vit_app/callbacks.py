@@ -111,6 +111,7 @@ class PredictionWriter(BasePredictionWriter):
         self._file: IO[str] | None = None
         self._writer: Any = None
         self.summary: list[str] = []  # for the CLI to print once the progress bar is gone
+        self.written, self.failed = 0, []  # images predicted; (path, reason) of those that could not be read
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         pl_module.predict_maps = self.maps
@@ -124,6 +125,7 @@ class PredictionWriter(BasePredictionWriter):
 
         self._writer = Writer(self._file, self.format, self.topk)  # type: ignore[arg-type]
         self._class_names = pl_module.class_names
+        self.written, self.failed = 0, []
 
     def write_on_batch_end(
         self,
@@ -141,8 +143,10 @@ class PredictionWriter(BasePredictionWriter):
         for i, (path, error) in enumerate(zip(prediction["path"], prediction["error"])):
             if error:
                 self._writer.error(path, error)
+                self.failed.append((path, error))
                 continue
             self._writer.result(path, records[i])
+            self.written += 1
             if self.maps:
                 index = int(prediction["index"][i])
                 np.save(self.output_dir / "maps" / f"{index:07d}.npy", prediction["maps"][i].float().cpu().numpy())
@@ -151,7 +155,10 @@ class PredictionWriter(BasePredictionWriter):
         if self._file is not None:
             self._file.close()
             self._file = None
-            self.summary.append(f"vit-app: predictions written to {self.output_dir}")
+            first = "; ".join(f"{p}: {r}" for p, r in self.failed[:3]) + (" ..." if len(self.failed) > 3 else "")
+            failed = f" ({first}; each has an error line in place)" if self.failed else ""
+            self.summary.append(f"vit-app predict: {self.written} predicted, {len(self.failed)} failed{failed}; "
+                                f"written to {self.output_dir}")  # fmt: skip
 
 
 class EvalReport(Callback):

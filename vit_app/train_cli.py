@@ -101,6 +101,9 @@ class ViTCLI(LightningCLI):
         """validate / test / predict: the model from the card; no run folder (version_N counts training runs);
         reports and predictions beside the checkpoint unless a folder is given."""
         cfg["trainer"]["logger"] = False
+        # Lightning asks for the callbacks that wrote the checkpoint (e.g. a config's every-epoch saver) so their
+        # states can be restored: evaluation restores no callback state, so the request is noise here.
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
         ckpt = cfg.get("ckpt_path")
         if not ckpt:
             if not cfg["model"].get("pretrained"):  # the weights would be a fresh random init: chance accuracy
@@ -276,7 +279,7 @@ def run(args: list[str], quiet: bool = False) -> int:
     if quiet:
         args = [*args, "--trainer.enable_progress_bar", "false"]
     try:
-        build_cli(args)
+        cli = build_cli(args)
     except SIGTERMException:
         saved = "; last.ckpt was saved (resume with --ckpt_path last)" if args and args[0] == "fit" else ""
         print(f"vit-app: stopped by SIGTERM{saved}", file=sys.stderr)
@@ -289,4 +292,5 @@ def run(args: list[str], quiet: bool = False) -> int:
         raise ConfigError(f"{msg} (see 'vit-app {args[0]} --help' for the options)") from e
     except MisconfigurationException as e:  # Lightning's own checks of trainer settings
         raise ConfigError(f"trainer: {' '.join(str(e).split())}") from e
-    return 0
+    writers = [c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, PredictionWriter)]
+    return 1 if any(w.failed for w in writers) else 0  # as classify: some images could not be read

@@ -117,12 +117,14 @@ class PredictFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from vit_app.data.images import load_image
+        from vit_app.data.images import ImageLoadError, load_image
 
+        path = self.paths[i]
         try:
-            x, error = self.transform(load_image(self.paths[i])), ""
+            x, error = self.transform(load_image(path)), ""
         except Exception as e:  # reported by the prediction writer, never silently replaced
-            x, error = torch.zeros(3, self.img_size, self.img_size), str(e)
+            reason = e.reason(path) if isinstance(e, ImageLoadError) else f"{type(e).__name__}: {e}"
+            x, error = torch.zeros(3, self.img_size, self.img_size), reason
         return {"x": x, "index": i, "path": self.paths[i], "error": error}
 
 
