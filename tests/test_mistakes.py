@@ -395,8 +395,14 @@ def test_impossible_training_settings_are_one_line(args: list[str], words: list[
         ("modle:\n  lr: 1.0e-3\n", ["modle"]),
         ("model:\n  lr: fast\n", ["model.lr"]),
         ("data: 5\n", ["data"]),
+        ("model:\n\tlr: 1.0e-3\n", ["bad.yaml: not valid YAML at line 2", "a tab in the indentation"]),
+        ("model:\n  lr: 1.0e-3\n  lr: 2.0e-3\n", ["bad.yaml: key 'lr' is set twice", "lines 2 and 3"]),
+        ("model:\n  lr: 1.0e-3\ndata:\n  batch_size: 16\nmodel:\n  depth: 2\n", ["key 'model'", "lines 1 and 5"]),
+        ("", ["bad.yaml: the file holds no settings"]),
+        ("# nothing but a comment\n", ["bad.yaml: the file holds no settings"]),
     ],
-    ids=["broken-yaml", "a-list", "mistyped-section", "wrong-type", "section-not-a-mapping"],
+    ids="broken-yaml a-list mistyped-section wrong-type section-not-a-mapping tab key-twice section-twice empty "
+    "comments-only".split(),
 )
 def test_broken_and_mistyped_configs_are_one_line(body: str, words: list[str], tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "bad.yaml"

@@ -274,8 +274,48 @@ def build_cli(args: list[str], run: bool = True) -> ViTCLI:
     )
 
 
+def check_config_files(args: list[str]) -> None:
+    """Read each --config file before LightningCLI does, to refuse in one line what its parser accepts silently or
+    reports obscurely: an empty file, a key set twice in one mapping (YAML's last one would win unseen), and tab
+    indentation."""
+    import yaml
+
+    class _Strict(yaml.SafeLoader):
+        label = "--config"  # the file, for messages (set per file below)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"{self.label}: key {key!r} is set twice in one section (lines {seen[key]} and "
+                                      f"{line}); YAML would keep the last one without a word: keep one")  # fmt: skip
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    files = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for name in files:
+        try:
+            text = Path(name).read_text()
+        except (OSError, UnicodeDecodeError):
+            continue  # a missing or unreadable file: the parser's own message names it
+        try:
+            doc = yaml.load(text, Loader=type("_Named", (_Strict,), {"label": f"--config {name}"}))
+        except yaml.YAMLError as e:
+            tab = " (a tab in the indentation: YAML indents with spaces only)" if "\t" in text else ""
+            where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+            raise ConfigError(
+                f"--config {name}: not valid YAML{where}{tab}: {getattr(e, 'problem', None) or e}"
+            ) from None
+        if doc is None:
+            raise ConfigError(f"--config {name}: the file holds no settings (empty, or comments only)")
+
+
 def run(args: list[str], quiet: bool = False) -> int:
     """Run a LightningCLI command; returns the exit status (143 after SIGTERM, once last.ckpt is saved)."""
+    check_config_files(args)
     if quiet:
         args = [*args, "--trainer.enable_progress_bar", "false"]
     try:
