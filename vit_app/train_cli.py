@@ -287,6 +287,8 @@ def check_config_files(args: list[str]) -> None:
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)):  # None, or a key YAML itself will refuse
+                    continue
                 line = key_node.start_mark.line + 1
                 if key in seen:
                     raise ConfigError(f"{self.label}: key {key!r} is set twice in one section (lines {seen[key]} and "

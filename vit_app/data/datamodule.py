@@ -125,7 +125,7 @@ class PredictFiles(Dataset):
         except Exception as e:  # reported by the prediction writer, never silently replaced
             reason = e.reason(path) if isinstance(e, ImageLoadError) else f"{type(e).__name__}: {e}"
             x, error = torch.zeros(3, self.img_size, self.img_size), reason
-        return {"x": x, "index": i, "path": self.paths[i], "error": error}
+        return {"x": x, "index": i, "path": path, "error": error}
 
 
 class PredictSplit(Dataset):
@@ -396,7 +396,8 @@ class ViTDataModule(L.LightningDataModule):
     def _check_one_batch(self) -> None:
         """Training batches are always full (drop_last): refuse a batch size larger than a process's share of the
         training images, which would train on nothing."""
-        n, world = len(self.train_set[1]) if self.loader == "memory" else len(self.train_set), self._rank_world()[1]  # type: ignore[arg-type]
+        ds: Any = self.train_set
+        n, world = len(ds[1]) if self.loader == "memory" else len(ds), self._rank_world()[1]
         if n // world < self.batch_size:
             share = f" ({n // world} a process over {world})" if world > 1 else ""
             raise ConfigError(f"data.batch_size: {self.batch_size} is more than the {n} training images{share}, and a "
