@@ -305,3 +305,22 @@ def test_a_root_one_folder_too_deep_gets_its_parent_named(cifar_root: Path, tmp_
             ViTDataModule(dataset="imagefolder", root=str(tmp_path / split))
     with pytest.raises(ConfigError, match=r"folder '.*nothing/train' does not exist; expected"):
         ViTDataModule(dataset="imagefolder", root=str(tmp_path / "nothing"))
+
+
+def test_val_holdout_as_a_share_holds_out_the_same_images_as_the_count() -> None:
+    from vit_app.data.datamodule import held_out_count
+
+    assert held_out_count(0.1, 50_000) == 5000 and held_out_count(5000, 50_000) == 5000
+    assert held_out_count(0.001, 100) == 1 and held_out_count(0.25, 10) == 2  # at least one; rounded (2.5 -> 2)
+
+    def split(v: float) -> tuple[list[int], list[int]]:
+        dm = ViTDataModule(dataset="synthetic", synthetic_train_size=200, val_holdout=v, batch_size=16)
+        return dm._raw_split("train").indices, dm._raw_split("val").indices  # type: ignore[attr-defined]
+
+    train, val = split(0.1)
+    assert (train, val) == split(20) and len(val) == 20 and not set(train) & set(val) and len(train) == 180
+    for bad in (1.5, -0.1, float("inf")):
+        with pytest.raises(ConfigError, match="data.val_holdout must be 0 .*a share between 0 and 1 .*a whole count"):
+            ViTDataModule(dataset="synthetic", val_holdout=bad)
+    with pytest.raises(ConfigError, match=r"val_holdout: 200 is not smaller than the 200 training images; give a"):
+        split(200)

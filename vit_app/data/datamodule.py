@@ -47,6 +47,11 @@ def _cifar_classes(kind: str, root: str | None) -> list[str]:
     return [f"class_{i:03d}" for i in range(100)]  # replaced by the real names once the data is on disk
 
 
+def held_out_count(val_holdout: float, n: int) -> int:
+    """Images held out of n: a count as given, a share (0 < v < 1) rounded, at least 1."""
+    return max(1, round(val_holdout * n)) if 0 < val_holdout < 1 else int(val_holdout)
+
+
 def _parent_hint(root: str | os.PathLike | None, *folders: str) -> str:
     """A hint when data.root names a folder that should be inside it (a common slip): give the parent."""
     p = Path(os.path.expanduser(root or "")).absolute()
@@ -165,7 +170,8 @@ class ViTDataModule(L.LightningDataModule):
         class_names: the model's classes in output order (default: the dataset's). An ImageFolder reads these
             folders; other datasets must have this many classes. validate / test / predict set it from the
             checkpoint's model card.
-        val_holdout: hold this many training images out for validation; 0 validates on the test split (image folders:
+        val_holdout: training images held out for validation: a count (5000), or a share of the training set
+            between 0 and 1 (0.1: 10 %, whatever the dataset's size); 0 validates on the test split (image folders:
             on the val folder).
         synthetic_train_size: synthetic: number of training images.
         synthetic_val_size: synthetic: number of validation (and test) images.
@@ -202,7 +208,7 @@ class ViTDataModule(L.LightningDataModule):
         val_split: str = "val",
         class_subset: str | None = None,
         class_names: list[str] | None = None,
-        val_holdout: int = 0,
+        val_holdout: int | float = 0,
         synthetic_train_size: int = 20000,
         synthetic_val_size: int = 2000,
         rand_augment: str | None = None,
@@ -223,7 +229,9 @@ class ViTDataModule(L.LightningDataModule):
         require(eval_batch_size is None or eval_batch_size >= 1, "data.eval_batch_size", "be 1 or more",
                 eval_batch_size)  # fmt: skip
         require(num_workers is None or num_workers >= 0, "data.num_workers", "be 0 or more", num_workers)
-        require(val_holdout >= 0, "data.val_holdout", "be 0 (validate on the test split) or more", val_holdout)
+        require(val_holdout >= 0 and (val_holdout < 1 or float(val_holdout).is_integer()), "data.val_holdout",
+                "be 0 (validate on the test split), a share between 0 and 1 (0.1), or a whole count (5000)",
+                val_holdout)  # fmt: skip
         require(synthetic_train_size >= 1, "data.synthetic_train_size", "be 1 or more", synthetic_train_size)
         require(synthetic_val_size >= 1, "data.synthetic_val_size", "be 1 or more", synthetic_val_size)
         require(0 < rrc_scale[0] <= rrc_scale[1] <= 1, "data.rrc_scale", "be [low, high] with 0 < low <= high <= 1",
@@ -370,10 +378,12 @@ class ViTDataModule(L.LightningDataModule):
         if not held_out:
             return train
         n = len(train)  # type: ignore[arg-type]
-        if self.val_holdout >= n:
-            raise ConfigError(f"data.val_holdout: {self.val_holdout} is not smaller than the {n} training images")
+        k = held_out_count(self.val_holdout, n)
+        if k >= n:
+            raise ConfigError(f"data.val_holdout: {self.val_holdout} is not smaller than the {n} training images; "
+                              "give a share instead, e.g. 0.1 (10 % of them)")  # fmt: skip
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        return Subset(train, perm[self.val_holdout :] if split == "train" else perm[: self.val_holdout])
+        return Subset(train, perm[k:] if split == "train" else perm[:k])
 
     def setup(self, stage: str | None = None) -> None:
         """Build the splits `stage` uses: fit train + val, validate val, test test, predict none (its loader reads
