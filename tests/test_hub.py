@@ -69,6 +69,13 @@ def test_pretrained_local_dir_loads_the_exported_weights(timm_dir: Path) -> None
 
     with pytest.raises(ConfigError, match="no such folder"):
         load_pretrained(fresh, f"local-dir:{timm_dir}-missing")
+    again = VisionTransformer(ref.card.model)
+    load_pretrained(again, str(timm_dir))  # a folder given plainly is read as local-dir: would read it
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    for path in (f"{timm_dir}/nothing.safetensors", "weights.pth", "./vit_small.bin", "~/nowhere/x.ckpt"):
+        with pytest.raises(ConfigError, match=r"model.pretrained: file '.*' does not exist"):  # not sent to the hub
+            load_pretrained(fresh, path)
 
 
 def test_export_timm_refuses_a_file_name_and_push_needs_timm(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
