@@ -19,11 +19,11 @@ from vit_app.errors import ConfigError, UserError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 METHODS = ("mean-attention", "rollout", "attention", "relevance", "attnlrp", "cp-lrp")  # explain.engine's (no torch)
-METHOD_HELP = ("mean-attention (the default, measured best: see the README): the class token's attention averaged over "
-               "every block but the first; rollout: attention rollout; attention: one "
-               "layer's raw attention (--layer); relevance: class-specific, gradient-weighted attention (Chefer et al. "
-               "2021; grad-rollout is its old name); attnlrp: class-specific attention-aware LRP; cp-lrp: LRP with "
-               "the attention held constant")  # fmt: skip
+METHOD_HELP = ("mean-attention (the default, measured best: see the README): the read-out's attention (the class "
+               "token's, or the mean patch query's with average pooling) averaged over every block but the first; "
+               "rollout: attention rollout; attention: one layer's raw attention (--layer); relevance: class-specific, "
+               "gradient-weighted attention (Chefer et al. 2021; grad-rollout is its old name); attnlrp: "
+               "class-specific attention-aware LRP; cp-lrp: LRP with the attention held constant")  # fmt: skip
 
 TOP_HELP = f"""vit-app {__version__}: train Vision Transformers, classify images, and see why they decided.
 

@@ -1,9 +1,10 @@
 """Run the model and turn what it returns into explanations (the explain code that knows the model).
 
 Methods (see METHODS):
-    mean-attention  the class token's attention, heads averaged, averaged over every block but the first
-    rollout     attention rollout (Abnar & Zuidema 2020): the class token's attention, layer through layer
-    attention   one layer's raw attention from the class token (--layer)
+    mean-attention  the read-out's attention (the class token's row, or the mean patch row without one), heads
+                averaged, averaged over every block but the first
+    rollout     attention rollout (Abnar & Zuidema 2020): the read-out's attention, layer through layer
+    attention   one layer's raw attention from the read-out (--layer)
     relevance   class-specific: gradient-weighted attention relevance through the residual stream (Chefer et al. 2021)
     attnlrp     class-specific: attention-aware LRP (Achtibat et al. 2024), gradient x input with AttnLRP's rules
     cp-lrp      class-specific: LRP with the attention weights held constant (Ali et al. 2022)
