@@ -151,3 +151,20 @@ def test_explorer_page_draws_the_clicked_patch_row_and_follows_the_layer_slider(
         assert severe == [], severe
     finally:
         driver.quit()
+
+
+def test_report_has_a_grid_column_only_when_grids_were_drawn(tmp_path: Path) -> None:
+    import json
+
+    from vit_app.explain.report import write_report
+
+    base = {"path": "a.png", "input": "a_input.jpg", "overlay": "a.png", "method": "rollout", "label": "cat",
+            "prob": 0.5, "topk": [{"label": "cat", "index": 0, "prob": 0.5}]}  # fmt: skip
+    bad = {"path": "b.png", "error": "empty file"}
+    for extra, columns in (({}, 3), ({"layers": "a_layers.png"}, 4)):
+        (tmp_path / "index.jsonl").write_text("\n".join(json.dumps(r) for r in ({**base, **extra}, bad)))
+        page = write_report(tmp_path).read_text()
+        header = page[page.index("<table><tr>") : page.index("</tr>")]
+        assert header.count("<th>") == columns and ("layers / heads" in header) == (columns == 4)
+        assert f"colspan='{columns}'" in page and "empty file" in page
+        assert ("<img src='a_layers.png'" in page) == (columns == 4)

@@ -17,7 +17,7 @@ PAGE = """<!doctype html>
 </style></head><body>
 <h1>{title}</h1>
 <p>{summary}</p>
-<table><tr><th>input</th><th>attention</th><th>extra</th><th>prediction</th></tr>
+<table><tr><th>input</th><th>attention</th>{extra_head}<th>prediction</th></tr>
 {rows}
 </table></body></html>
 """
@@ -36,12 +36,14 @@ def write_report(out_dir: str | Path, title: str = "vit-app attention report") -
     """Build out_dir/report.html from out_dir/index.jsonl (written by `vit-app attention`)."""
     out = Path(out_dir)
     records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines() if line.strip()]
+    has_extra = any("layers" in r or "heads" in r for r in records)  # --layers-grid / --heads-grid: a column more
+    span = 4 if has_extra else 3
     rows = []
     for r in records:
         name = html.escape(r["path"])
         if "error" in r:
             err = html.escape(str(r["error"]))
-            rows.append(f"<tr><td colspan='4'><b>{name}</b><div class='err'>{err}</div></td></tr>")
+            rows.append(f"<tr><td colspan='{span}'><b>{name}</b><div class='err'>{err}</div></td></tr>")
             continue
         src = {k: html.escape(r[k]) for k in ("input", "overlay", "layers", "heads") if k in r}
         links = [f"<a href='{src[k]}'><img src='{src[k]}' alt='{k}'></a>" for k in ("layers", "heads") if k in src]
@@ -51,12 +53,13 @@ def write_report(out_dir: str | Path, title: str = "vit-app attention report") -
             "<tr>"
             f"<td><img src='{src['input']}' alt='input'><small>{name}</small></td>"
             f"<td><img src='{src['overlay']}' alt='attention overlay'><small>{method}</small></td>"
-            f"<td>{extra}</td>"
-            f"<td><b>{html.escape(r['label'])}</b> {100 * r['prob']:.1f}%{_topk_table(r.get('topk', []))}</td>"
+            + (f"<td>{extra}</td>" if has_extra else "")
+            + f"<td><b>{html.escape(r['label'])}</b> {100 * r['prob']:.1f}%{_topk_table(r.get('topk', []))}</td>"
             "</tr>"
         )
     ok = sum("error" not in r for r in records)
     summary = f"{ok} images explained, {len(records) - ok} could not be read."
     page = out / "report.html"
-    page.write_text(PAGE.format(title=html.escape(title), summary=summary, rows="\n".join(rows)))
+    extra_head = "<th>layers / heads</th>" if has_extra else ""
+    page.write_text(PAGE.format(title=html.escape(title), summary=summary, rows="\n".join(rows), extra_head=extra_head))
     return page
