@@ -288,7 +288,8 @@ def test_evaluation_goes_beside_its_checkpoint_and_takes_no_run_folder(tiny_ckpt
                                               "test_confusion.png", "test_per_class.csv", "test_metrics.json",
                                               "predictions.jsonl"}  # fmt: skip
     metrics = json.loads((out / "test_metrics.json").read_text())
-    assert set(metrics) == {"test/acc1", "test/acc5", "test/loss"} and 0 <= metrics["test/acc1"] <= 1
+    assert set(metrics) == {"test/acc1", "test/acc5", "test/loss", "eval_tta"} and 0 <= metrics["test/acc1"] <= 1
+    assert metrics["eval_tta"] == "none"
     assert sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir()) == ["version_0"]  # no version_1
     assert not Path("eval_report").exists() and not Path("predictions").exists()
 

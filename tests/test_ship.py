@@ -210,7 +210,13 @@ def test_test_command_writes_confusion_matrix_and_per_class_table(tiny_ckpt: Pat
     assert sum(int(r["support"]) for r in rows) == 40
     png = Image.open(out / "test_confusion.png")
     assert png.size[0] > 300 and png.size[1] > 300
-    assert "most confused with" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "most confused with" in said and "test-time augmentation" not in said
+    assert json.loads((out / "test_metrics.json").read_text())["eval_tta"] == "none"
+    build_cli([*args, "--model.eval_tta", "flip_shift"])  # the report says which figure it is
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["eval_tta"] == "flip_shift" and 0 <= metrics["test/acc1"] <= 1
+    assert "scored with test-time augmentation flip_shift (18 views an image)" in capsys.readouterr().out
 
 
 def test_html_report_renders_in_headless_chromium(tiny_ckpt: Path, tmp_path: Path) -> None:

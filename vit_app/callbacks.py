@@ -204,9 +204,17 @@ class EvalReport(Callback):
         rows = per_class_rows(cm, pl_module.class_names)
         csv_path = write_per_class_csv(rows, out / f"{stage}_per_class.csv")
         png = plot_confusion(cm, pl_module.class_names, out / f"{stage}_confusion.png", title=f"{stage}:")
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        found = trainer.callback_metrics.items()
+        metrics: dict[str, Any] = {k: float(v) for k, v in found if k.startswith(f"{stage}/")}
+        tta = "none" if trainer.state.fn == "fit" else str(getattr(pl_module.hparams, "eval_tta", "none"))
+        metrics["eval_tta"] = tta  # which figure it is: plain, or averaged over test-time views
         (out / f"{stage}_metrics.json").write_text(json.dumps(metrics, indent=2))
         self.summary += ["", format_per_class(rows), f"vit-app: confusion matrix {png}, per-class table {csv_path}"]
+        if tta != "none":
+            from vit_app.tta import TTA_VIEWS
+
+            self.summary.append(f"vit-app: scored with test-time augmentation {tta} ({TTA_VIEWS[tta]} views an image); "
+                                "--model.eval_tta none gives the plain figure")  # fmt: skip
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(trainer, pl_module)
