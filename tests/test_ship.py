@@ -154,6 +154,17 @@ def test_plot_command_draws_the_curves(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert main(["plot", str(tmp_path)]) == 2  # no metrics.csv: a clear error
 
 
+def test_plot_refuses_an_empty_log_and_skips_a_garbled_line(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,train/loss_step,val/acc1\n")  # killed before its first log
+    assert main(["plot", str(run)]) == 2
+    assert "holds nothing to plot yet" in capsys.readouterr().err and not (run / "curves.png").exists()
+    log = (tiny_ckpt.parent.parent / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(log + "3,7,not-a-number,\n" + "3,8,0.")  # a garbled row, a line cut short
+    assert main(["plot", str(run)]) == 0 and Image.open(run / "curves.png").size[0] > 500
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

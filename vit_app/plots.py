@@ -25,10 +25,13 @@ def _read_metrics(run_dir: Path) -> list[dict[str, str]]:
 def _series(rows: list[dict[str, str]], key: str, x_key: str = "step") -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for r in rows:
-        v, x = r.get(key, ""), r.get(x_key, "")
-        if v not in ("", None) and x not in ("", None):
-            xs.append(float(x))
-            ys.append(float(v))
+        try:  # an empty cell is a metric not logged at that step; a garbled one (a line cut by a kill) is skipped
+            x, v = float(r.get(x_key) or "nan"), float(r.get(key) or "nan")
+        except (TypeError, ValueError):
+            continue
+        if x == x and v == v:
+            xs.append(x)
+            ys.append(v)
     return xs, ys
 
 
@@ -42,7 +45,11 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     run = Path(run_dir)
     rows = _read_metrics(run)
     out_path = Path(out) if out else run / "curves.png"
-    lr_keys = [k for k in (rows[0].keys() if rows else []) if k.startswith("lr")]
+    lr_keys = [k for k in (rows[0].keys() if rows else []) if k and k.startswith("lr")]
+    plotted = ("train/loss_step", "val/loss", "val/acc1", "val/acc5", "train/acc1_epoch", *lr_keys)
+    if not any(_series(rows, k)[0] for k in plotted):
+        raise ConfigError(f"{run}: its metrics.csv holds nothing to plot yet (no loss, accuracy or learning rate "
+                          "logged: the run may not have reached its first logged step)")  # fmt: skip
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key, label in (("train/loss_step", "train loss"), ("val/loss", "val loss"), ("train/loss_epoch", None)):
         xs, ys = _series(rows, key)
