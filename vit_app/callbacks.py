@@ -206,7 +206,7 @@ class EvalReport(Callback):
         png = plot_confusion(cm, pl_module.class_names, out / f"{stage}_confusion.png", title=f"{stage}:")
         found = trainer.callback_metrics.items()
         metrics: dict[str, Any] = {k: float(v) for k, v in found if k.startswith(f"{stage}/")}
-        tta = "none" if trainer.state.fn == "fit" else str(getattr(pl_module.hparams, "eval_tta", "none"))
+        tta = getattr(pl_module, "active_tta", "none")
         metrics["eval_tta"] = tta  # which figure it is: plain, or averaged over test-time views
         (out / f"{stage}_metrics.json").write_text(json.dumps(metrics, indent=2))
         self.summary += ["", format_per_class(rows), f"vit-app: confusion matrix {png}, per-class table {csv_path}"]

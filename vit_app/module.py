@@ -440,13 +440,18 @@ class ViTClassifier(L.LightningModule):
 
     # --- evaluation and prediction ----------------------------------------------------------------------------
 
+    @property
+    def active_tta(self) -> str:
+        """The test-time augmentation evaluation uses now: `eval_tta` in validate / test, "none" for the validation
+        inside fit (the time budget buys training)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return "none" if fitting else str(self.hparams.eval_tta)
+
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor] | None:
         x, y = batch[0], batch[1]
         if y.numel() == 0:
             return None
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        tta = "none" if fitting else self.hparams.eval_tta  # fit's validation: plain views, the budget trains
-        logits = tta_logits(self.eval_model, x, tta, view_shift(self.model.patch_embed.patch_size[0]))
+        logits = tta_logits(self.eval_model, x, self.active_tta, view_shift(self.model.patch_embed.patch_size[0]))
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
         acc1.update(logits, y)
         acc5.update(logits, y)

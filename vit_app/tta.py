@@ -27,8 +27,12 @@ def shifted(x: Tensor, dx: int, dy: int) -> Tensor:
     if dx == 0 and dy == 0:
         return x
     p = max(abs(dx), abs(dy))
-    H, W = x.shape[-2:]
-    padded = F.pad(x, (p, p, p, p), mode="reflect")  # (B, C, H + 2p, W + 2p)
+    return _window(F.pad(x, (p, p, p, p), mode="reflect"), p, dx, dy, x.shape[-2:])
+
+
+def _window(padded: Tensor, p: int, dx: int, dy: int, size: tuple[int, ...]) -> Tensor:
+    """The (H, W) window of an image reflect-padded by p that shows it moved by (dx, dy)."""
+    H, W = size
     return padded[..., p - dy : p - dy + H, p - dx : p - dx + W]
 
 
@@ -46,9 +50,10 @@ def tta_logits(model: Callable[[Tensor], Tensor], x: Tensor, tta: str = "none", 
         if shift < 1:
             raise ValueError(f"tta: shift must be at least 1 pixel, got {shift}")
         total: Tensor | None = None
+        padded = F.pad(x, (shift,) * 4, mode="reflect")  # once for the 8 moved views: (B, C, H + 2s, W + 2s)
         for dy in (-shift, 0, shift):
             for dx in (-shift, 0, shift):
-                view = shifted(x, dx, dy)
+                view = x if dx == dy == 0 else _window(padded, shift, dx, dy, x.shape[-2:])
                 for v in (view, view.flip(-1)):
                     out = model(v).float()  # (B, C)
                     total = out if total is None else total + out
