@@ -123,6 +123,7 @@ def test_training_reports_unreadable_images_and_stops_past_the_limit(tmp_path: P
     ok = _fit_folder(tmp_path / "data", tmp_path / "ok", "0.2")  # 2 of 14 tolerated
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "epoch 0: 2 unreadable train images skipped (not replaced)" in ok.stderr
+    assert "logging interval" not in ok.stderr  # 2 batches an epoch, under log_every_n_steps: no advice to change it
     assert "truncated.png" in ok.stderr and "text.png" in ok.stderr
     metrics = next((tmp_path / "ok").rglob("metrics.csv")).read_text()
     assert "train/bad_images" in metrics.splitlines()[0]

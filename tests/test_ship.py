@@ -192,7 +192,9 @@ def test_per_class_table_shows_a_dash_where_a_share_is_undefined() -> None:
     assert lines[2].index("%") == lines[1].index("%") == lines[3].index("-") + 1  # the column lines up
 
 
-def test_test_command_writes_confusion_matrix_and_per_class_table(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+def test_test_command_writes_confusion_matrix_and_per_class_table(
+    tiny_ckpt: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     import csv
 
     from tests.conftest import CONFIGS
@@ -205,7 +207,12 @@ def test_test_command_writes_confusion_matrix_and_per_class_table(tiny_ckpt: Pat
     args += ["--data.synthetic_train_size", "64", "--data.synthetic_val_size", "40"]
     args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     args += ["--eval_report.output_dir", str(out), "--trainer.precision", "32-true"]  # the reference's numerics
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     cli = build_cli(args)
+    # Lightning's copy of the config is kept with the report, not dropped into the user's folder.
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert "eval_tta: none" in (out / "config.yaml").read_text()
     # The reference: the checkpoint loaded for inference, over the same test batches.
     model = load_for_inference(tiny_ckpt).model
     cli.datamodule.setup("test")

@@ -96,6 +96,8 @@ class PredictionWriter(BasePredictionWriter):
         maps: also compute and save the attention rollout of every image.
     """
 
+    default_dir = "predictions"  # without a checkpoint (--model.pretrained)
+
     def __init__(
         self,
         output_dir: str | None = None,
@@ -106,7 +108,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         if topk < 1:
             raise ConfigError(f"predict_writer.topk must be 1 or more, got {topk}")
-        self.output_dir = Path(output_dir or "predictions")
+        self.output_dir = Path(output_dir or self.default_dir)
         self.format, self.topk, self.maps = "jsonl" if format == "json" else format, topk, maps
         self._file: IO[str] | None = None
         self._writer: Any = None
@@ -174,6 +176,8 @@ class EvalReport(Callback):
             (./eval_report without a checkpoint).
     """
 
+    default_dir = "eval_report"  # without a checkpoint (--model.pretrained)
+
     def __init__(self, enabled: bool = True, output_dir: str | None = None) -> None:
         self.enabled, self.output_dir = enabled, output_dir
         self._cm: torch.Tensor | None = None
@@ -198,7 +202,7 @@ class EvalReport(Callback):
         self._cm = None
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir or "eval_report")
+        out = Path(self.output_dir or self.default_dir)
         out.mkdir(parents=True, exist_ok=True)
         cm = cm.cpu()
         rows = per_class_rows(cm, pl_module.class_names)

@@ -100,7 +100,7 @@ class ViTCLI(LightningCLI):
     def _evaluation_setup(self, cfg: Any) -> None:
         """validate / test / predict: the model from the card; no run folder (version_N counts training runs);
         reports and predictions beside the checkpoint unless a folder is given."""
-        cfg["trainer"]["logger"] = False
+        cfg["trainer"]["logger"] = False  # so Lightning writes its config.yaml to trainer.default_root_dir (below)
         # Lightning asks for the callbacks that wrote the checkpoint (e.g. a config's every-epoch saver) so their
         # states can be restored: evaluation restores no callback state, so the request is noise here.
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
@@ -112,14 +112,19 @@ class ViTCLI(LightningCLI):
                     "runs/NAME/version_0/checkpoints/best.ckpt) or --model.pretrained (timm weights); without either "
                     "the model is untrained"
                 )
-            return
-        self._model_from_card(cfg, read_card_file(ckpt), str(ckpt))
-        out = str(eval_dir(ckpt))
-        cfg["checkpoint"]["dirpath"] = cfg["checkpoint"].get("dirpath") or str(Path(ckpt).parent)  # no "dirpath
-        # has changed" warning: the callback does not save outside fit
-        for key in ("eval_report", "predict_writer"):
-            if not cfg[key].get("output_dir"):
-                cfg[key]["output_dir"] = out
+        else:
+            self._model_from_card(cfg, read_card_file(ckpt), str(ckpt))
+            out = str(eval_dir(ckpt))
+            cfg["checkpoint"]["dirpath"] = cfg["checkpoint"].get("dirpath") or str(Path(ckpt).parent)  # no
+            # "dirpath has changed" warning: the callback does not save outside fit
+            for key in ("eval_report", "predict_writer"):
+                if not cfg[key].get("output_dir"):
+                    cfg[key]["output_dir"] = out
+        # Lightning's config.yaml (what the figures were made with) goes beside them, not into the current folder.
+        writer = PredictionWriter if self.subcommand == "predict" else EvalReport
+        if not cfg["trainer"].get("default_root_dir"):
+            key = "predict_writer" if writer is PredictionWriter else "eval_report"
+            cfg["trainer"]["default_root_dir"] = cfg[key].get("output_dir") or writer.default_dir
 
     def _model_from_card(self, cfg: Any, card: ModelCard, path: str) -> None:
         """Set the model and data sections from the card: architecture, EMA, classes and input spec. Keys the user
@@ -254,6 +259,9 @@ def _quiet_lightning() -> None:
             handler.addFilter(_DropHardwareLines())
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    # A small training set: fewer batches than log_every_n_steps. Each epoch's training metrics are logged anyway
+    # (on_epoch=True), so `vit-app plot` has its curves; the advice to change the interval is noise.
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
 
 
 def build_cli(args: list[str], run: bool = True) -> ViTCLI:
