@@ -4,6 +4,7 @@ HTML report in a real headless browser, and the Dockerfile."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -163,6 +164,19 @@ def test_plot_refuses_an_empty_log_and_skips_a_garbled_line(tiny_ckpt: Path, tmp
     log = (tiny_ckpt.parent.parent / "metrics.csv").read_text()
     (run / "metrics.csv").write_text(log + "3,7,not-a-number,\n" + "3,8,0.")  # a garbled row, a line cut short
     assert main(["plot", str(run)]) == 0 and Image.open(run / "curves.png").size[0] > 500
+
+
+def test_plot_of_a_folder_of_runs_draws_the_newest_beside_its_log(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    log = (tiny_ckpt.parent.parent / "metrics.csv").read_text()
+    runs = tmp_path / "runs"
+    for i, stamp in ((0, 2_000_000_000), (1, 1_000_000_000)):  # version_0 is the newer one here
+        (runs / f"version_{i}").mkdir(parents=True)
+        (runs / f"version_{i}" / "metrics.csv").write_text(log)
+        os.utime(runs / f"version_{i}" / "metrics.csv", (stamp, stamp))
+    assert main(["plot", str(runs)]) == 0
+    assert (runs / "version_0" / "curves.png").is_file()
+    assert not (runs / "curves.png").exists() and not (runs / "version_1" / "curves.png").exists()
+    assert f"the newest run under {runs}: {runs / 'version_0'}" in capsys.readouterr().err
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -309,15 +309,17 @@ def cmd_export(argv: list[str]) -> int:
 
 def cmd_plot(argv: list[str]) -> int:
     p = _parser("plot", "Plot a run's training curves (loss, accuracy, learning rate) from its CSV log to a PNG.")
-    p.add_argument("run_dir", help="a run folder, e.g. runs/quickstart/version_0")
-    p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    p.add_argument("run_dir", help="a run folder, e.g. runs/quickstart/version_0 (a folder of runs: the newest)")
+    p.add_argument("--out", help="PNG path (default: curves.png in the run folder)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.run_dir):
         raise ConfigError(f"{args.run_dir}: no such folder (give a run folder such as runs/quickstart/version_0)")
-    from vit_app.plots import plot_run
+    from vit_app.plots import find_metrics, plot_run
 
     out = _output_file(args.out, "--out") if args.out else None
-    print(f"vit-app plot: wrote {plot_run(args.run_dir, out)}", file=sys.stderr)
+    source = find_metrics(args.run_dir)
+    origin = "" if source.parent.samefile(args.run_dir) else f" (the newest run under {args.run_dir}: {source.parent})"
+    print(f"vit-app plot: wrote {plot_run(args.run_dir, out)}{origin}", file=sys.stderr)
     return 0
 
 

@@ -14,12 +14,12 @@ from torch import Tensor
 from vit_app.errors import ConfigError
 
 
-def _read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    files = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+def find_metrics(run_dir: str | os.PathLike) -> Path:
+    """The run's CSV log: RUN_DIR/metrics.csv, or the newest one below RUN_DIR (e.g. runs/quickstart/)."""
+    files = sorted(Path(run_dir).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise ConfigError(f"{run_dir}: no metrics.csv here (give a run folder such as runs/quickstart/version_0)")
-    with open(files[-1], newline="") as f:
-        return list(csv.DictReader(f))
+    return files[-1]
 
 
 def _series(rows: list[dict[str, str]], key: str, x_key: str = "step") -> tuple[list[float], list[float]]:
@@ -42,9 +42,11 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run_dir)
-    rows = _read_metrics(run)
-    out_path = Path(out) if out else run / "curves.png"
+    metrics = find_metrics(run_dir)
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    run = metrics.parent
+    out_path = Path(out) if out else run / "curves.png"  # beside the log it was drawn from
     lr_keys = [k for k in (rows[0].keys() if rows else []) if k and k.startswith("lr")]
     plotted = ("train/loss_step", "val/loss", "val/acc1", "val/acc5", "train/acc1_epoch", *lr_keys)
     if not any(_series(rows, k)[0] for k in plotted):
