@@ -286,7 +286,8 @@ def test_evaluation_goes_beside_its_checkpoint_and_takes_no_run_folder(tiny_ckpt
     out = run / "eval" / "best"
     assert {p.name for p in out.iterdir()} == {"val_confusion.png", "val_per_class.csv", "val_metrics.json",
                                               "test_confusion.png", "test_per_class.csv", "test_metrics.json",
-                                              "predictions.jsonl"}  # fmt: skip
+                                              "predictions.jsonl", "val_config.yaml", "test_config.yaml",
+                                              "predict_config.yaml"}  # fmt: skip
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert set(metrics) == {"test/acc1", "test/acc5", "test/loss", "eval_tta"} and 0 <= metrics["test/acc1"] <= 1
     assert metrics["eval_tta"] == "none"

@@ -28,7 +28,7 @@ def test_predict_folder_with_maps_reports_bad_files(tiny_ckpt: Path, tmp_path: P
     )
     recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(recs) == 13
-    assert "maps: true" in (out / "config.yaml").read_text()  # Lightning's copy of the config, with the output
+    assert "maps: true" in (out / "predict_config.yaml").read_text()  # Lightning's copy of the config, with the output
     assert {Path(r["path"]).name for r in recs if "error" in r} == BROKEN
     good = [r for r in recs if "error" not in r]
     assert all(len(r["topk"]) == 5 for r in good)

@@ -226,7 +226,7 @@ def test_test_command_writes_confusion_matrix_and_per_class_table(
     cli = build_cli(args)
     # Lightning's copy of the config is kept with the report, not dropped into the user's folder.
     assert list((tmp_path / "cwd").iterdir()) == []
-    assert "eval_tta: none" in (out / "config.yaml").read_text()
+    assert "eval_tta: none" in (out / "test_config.yaml").read_text()
     # The reference: the checkpoint loaded for inference, over the same test batches.
     model = load_for_inference(tiny_ckpt).model
     cli.datamodule.setup("test")

@@ -120,7 +120,10 @@ class ViTCLI(LightningCLI):
             for key in ("eval_report", "predict_writer"):
                 if not cfg[key].get("output_dir"):
                     cfg[key]["output_dir"] = out
-        # Lightning's config.yaml (what the figures were made with) goes beside them, not into the current folder.
+        # Lightning's copy of the config (what the figures were made with) goes beside them, named like them
+        # (val_config.yaml beside val_metrics.json), not into the current folder as config.yaml.
+        stage = {"validate": "val"}.get(self.subcommand, self.subcommand)
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{stage}_config.yaml"}
         writer = PredictionWriter if self.subcommand == "predict" else EvalReport
         if not cfg["trainer"].get("default_root_dir"):
             key = "predict_writer" if writer is PredictionWriter else "eval_report"
