@@ -70,3 +70,36 @@ def test_predict_counts_and_names_failures_and_exits_1_as_classify_does(tiny_ckp
     assert main(["predict", "--ckpt_path", str(tiny_ckpt), "--data.predict_path", str(good),
                  "--predict_writer.output_dir", str(tmp_path / "pred2")]) == 0  # fmt: skip
     assert "1 predicted, 0 failed; written to" in capsys.readouterr().out
+
+
+def test_predict_scores_with_the_eval_tta_views_as_classify_does(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    import io
+
+    from PIL import Image
+
+    from vit_app.classify import classify
+    from vit_app.inference import load_for_inference
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i, size in enumerate(((32, 32), (45, 30), (20, 64))):
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    files = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
+    model = load_for_inference(tiny_ckpt)
+
+    def top(records: list[dict]) -> dict[str, list[float]]:
+        return {Path(r["path"]).name: [c["prob"] for c in r["topk"]] for r in records}
+
+    for tta, maps in (("none", "false"), ("none", "true"), ("flip_shift", "false"), ("flip_shift", "true")):
+        text = io.StringIO()
+        classify(model, files, text, "jsonl", tta=tta)
+        ref = top([json.loads(line) for line in text.getvalue().splitlines()])
+        args = ["--data.predict_path", str(tmp_path / "imgs"), "--model.eval_tta", tta, "--predict_writer.maps", maps]
+        out = _predict(tiny_ckpt, tmp_path / tta / maps, args)
+        got = top([json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()])
+        said = "predicted with test-time augmentation flip_shift (18 views an image)" in capsys.readouterr().out
+        assert said == (tta != "none") and got.keys() == ref.keys()
+        for name in ref:
+            np.testing.assert_allclose(got[name], ref[name], atol=1e-4, err_msg=f"{tta} maps={maps} {name}")
+    plain = top([json.loads(ln) for ln in (tmp_path / "none" / "false" / "pred" / "predictions.jsonl").open()])
+    assert any(not np.allclose(plain[n], got[n], atol=1e-4) for n in got)  # the views changed the probabilities

@@ -83,6 +83,14 @@ class Checkpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)
 
 
+def tta_line(tta: str, done: str) -> str:
+    """The line that says a figure or a prediction averages test-time views, and how to get the plain one."""
+    from vit_app.tta import TTA_VIEWS
+
+    return (f"vit-app: {done} with test-time augmentation {tta} ({TTA_VIEWS[tta]} views an image); "
+            "--model.eval_tta none gives the plain one")  # fmt: skip
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes `vit-app predict` results as they come: JSON lines or CSV (top-k per image, errors in place) and, with
     maps=True, each image's rollout map as <output_dir>/maps/<index>.npy. With several processes each writes its own
@@ -161,6 +169,9 @@ class PredictionWriter(BasePredictionWriter):
             failed = f" ({first}; each has an error line in place)" if self.failed else ""
             self.summary.append(f"vit-app predict: {self.written} predicted, {len(self.failed)} failed{failed}; "
                                 f"written to {self.output_dir}")  # fmt: skip
+            tta = getattr(pl_module, "active_tta", "none")
+            if tta != "none":
+                self.summary.append(tta_line(tta, "predicted"))
 
 
 class EvalReport(Callback):
@@ -215,10 +226,7 @@ class EvalReport(Callback):
         (out / f"{stage}_metrics.json").write_text(json.dumps(metrics, indent=2))
         self.summary += ["", format_per_class(rows), f"vit-app: confusion matrix {png}, per-class table {csv_path}"]
         if tta != "none":
-            from vit_app.tta import TTA_VIEWS
-
-            self.summary.append(f"vit-app: scored with test-time augmentation {tta} ({TTA_VIEWS[tta]} views an image); "
-                                "--model.eval_tta none gives the plain figure")  # fmt: skip
+            self.summary.append(tta_line(tta, "scored"))
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._start(trainer, pl_module)

@@ -131,9 +131,10 @@ class ViTClassifier(L.LightningModule):
             embeddings at lr * decay^(depth + 1), the head at lr. None = off.
         compile: run the training forward through torch.compile (worth it on GPUs; the weights and checkpoints
             are those of the plain model).
-        eval_tta: test-time augmentation for `validate` and `test`: "none"; "flip" (the mean of the logits of each
-            image and its mirror; twice the evaluation cost); or "flip_shift" (18 views: the image moved by a quarter
-            patch, at least 1 px, in each direction on a 3 x 3 grid, each also mirrored; 18x the evaluation cost).
+        eval_tta: test-time augmentation for `validate`, `test` and `predict`: "none"; "flip" (the mean of the
+            logits of each image and its mirror; twice the evaluation cost); or "flip_shift" (18 views: the image
+            moved by a quarter patch, at least 1 px, in each direction on a 3 x 3 grid, each also mirrored; 18x the
+            evaluation cost).
             The validation inside `fit` stays plain, so the time budget buys training. Training and checkpoints do
             not change with it.
     """
@@ -442,16 +443,20 @@ class ViTClassifier(L.LightningModule):
 
     @property
     def active_tta(self) -> str:
-        """The test-time augmentation evaluation uses now: `eval_tta` in validate / test, "none" for the validation
-        inside fit (the time budget buys training)."""
+        """The test-time augmentation evaluation uses now: `eval_tta` in validate / test / predict, "none" for the
+        validation inside fit (the time budget buys training)."""
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         return "none" if fitting else str(self.hparams.eval_tta)
+
+    def _eval_logits(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, num_classes) logits, averaged over the active test-time views."""
+        return tta_logits(self.eval_model, x, self.active_tta, view_shift(self.model.patch_embed.patch_size[0]))
 
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor] | None:
         x, y = batch[0], batch[1]
         if y.numel() == 0:
             return None
-        logits = tta_logits(self.eval_model, x, self.active_tta, view_shift(self.model.patch_embed.patch_size[0]))
+        logits = self._eval_logits(x)
         acc1, acc5 = (self.val_acc1, self.val_acc5) if stage == "val" else (self.test_acc1, self.test_acc5)
         acc1.update(logits, y)
         acc5.update(logits, y)
@@ -467,8 +472,8 @@ class ViTClassifier(L.LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Probabilities (with the card's temperature) for a predict batch and, when a writer asked for them
-        (`predict_maps`), rollout maps."""
+        """Probabilities (with the card's temperature, over the eval_tta views, as `test` scores them) for a predict
+        batch and, when a writer asked for them (`predict_maps`), rollout maps of the image itself."""
         x = batch["x"]
         out: dict[str, Any] = {"index": batch["index"], "path": batch["path"], "error": batch["error"]}
         if getattr(self, "predict_maps", False):
@@ -476,8 +481,8 @@ class ViTClassifier(L.LightningModule):
 
             ex = explain(self.eval_model, x, "rollout", temperature=self.temperature)
             out["probs"], out["maps"] = ex.probs, ex.maps
-        else:
-            out["probs"] = torch.softmax(self.eval_model(x).float() / self.temperature, dim=-1)
+        if "probs" not in out or self.active_tta != "none":
+            out["probs"] = torch.softmax(self._eval_logits(x).float() / self.temperature, dim=-1)
         return out
 
     # --- checkpoints ------------------------------------------------------------------------------------------
