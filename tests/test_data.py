@@ -291,7 +291,7 @@ def test_val_classes_missing_from_train_are_named(tmp_path: Path) -> None:
         ViTDataModule(dataset="imagefolder", root=str(tmp_path), img_size=8, class_subset=str(subset))
 
 
-def test_a_root_one_folder_too_deep_gets_its_parent_named(cifar_root: Path, tmp_path: Path) -> None:
+def test_a_wrong_root_is_described_and_the_right_one_named(cifar_root: Path, tmp_path: Path) -> None:
     inner = cifar_root / "cifar-10-batches-py"
     with pytest.raises(ConfigError, match=rf"cifar-10-batches-py/ itself: give its parent, '{cifar_root.absolute()}'"):
         ViTDataModule(dataset="cifar10", root=str(inner))
@@ -303,8 +303,19 @@ def test_a_root_one_folder_too_deep_gets_its_parent_named(cifar_root: Path, tmp_
     for split in ("train", "val"):
         with pytest.raises(ConfigError, match=rf"is {split}/ itself: give its parent, '{tmp_path}'"):
             ViTDataModule(dataset="imagefolder", root=str(tmp_path / split))
-    with pytest.raises(ConfigError, match=r"folder '.*nothing/train' does not exist; expected"):
-        ViTDataModule(dataset="imagefolder", root=str(tmp_path / "nothing"))
+    nothing = tmp_path / "nothing"
+    with pytest.raises(ConfigError, match=rf"folder '.*nothing/train' does not exist \('{nothing}' does not exist\)"):
+        ViTDataModule(dataset="imagefolder", root=str(nothing))
+    with pytest.raises(ConfigError, match=rf"'{nothing}' does not exist\); point data.root at the folder holding"):
+        ViTDataModule(dataset="cifar10", root=str(nothing))
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match=r"a-file' is a file, not a folder\)"):
+        ViTDataModule(dataset="cifar10", root=str(tmp_path / "a-file"))
+    # Another dataset's layout: the data.dataset that reads it is suggested, both ways.
+    with pytest.raises(ConfigError, match=rf"'{tmp_path}' holds train/: data.dataset imagefolder\?"):
+        ViTDataModule(dataset="cifar10", root=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"holds cifar-10-batches-py/: data.dataset cifar10\?"):
+        ViTDataModule(dataset="imagefolder", root=str(cifar_root))
 
 
 def test_val_holdout_as_a_share_holds_out_the_same_images_as_the_count() -> None:

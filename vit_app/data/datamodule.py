@@ -52,10 +52,22 @@ def held_out_count(val_holdout: float, n: int) -> int:
     return max(1, round(val_holdout * n)) if 0 < val_holdout < 1 else int(val_holdout)
 
 
-def _parent_hint(root: str | os.PathLike | None, *folders: str) -> str:
-    """A hint when data.root names a folder that should be inside it (a common slip): give the parent."""
+def _root_hint(root: str | os.PathLike | None, kind: str, *folders: str) -> str:
+    """What data.root is, when it lacks `folders` (what dataset `kind` reads in it): missing, a file, one of those
+    folders itself (give the parent), or another dataset's layout (with the data.dataset that reads it)."""
     p = Path(os.path.expanduser(root or "")).absolute()
-    return f" (data.root is {p.name}/ itself: give its parent, '{p.parent}')" if p.name in folders else ""
+    if not p.exists():
+        return f" ('{root}' does not exist)"
+    if not p.is_dir():
+        return f" ('{root}' is a file, not a folder)"
+    if p.name in folders:
+        return f" (data.root is {p.name}/ itself: give its parent, '{p.parent}')"
+    other = [k for k, f in CIFAR_FOLDERS.items() if k != kind and (p / f).is_dir()]
+    if other:
+        return f" ('{root}' holds {CIFAR_FOLDERS[other[0]]}/: data.dataset {other[0]}?)"
+    if kind != "imagefolder" and (p / "train").is_dir():
+        return f" ('{root}' holds train/: data.dataset imagefolder?)"
+    return ""
 
 
 def _some(names: list[str], n: int = 6) -> str:
@@ -267,7 +279,7 @@ class ViTDataModule(L.LightningDataModule):
             train_dir, val_dir = Path(self.root) / train_split, Path(self.root) / val_split  # type: ignore[arg-type]
             for d in (train_dir, val_dir):
                 if not d.is_dir():
-                    hint = _parent_hint(self.root, train_split, val_split)
+                    hint = _root_hint(self.root, "imagefolder", train_split, val_split)
                     raise ConfigError(f"data.root: folder '{d}' does not exist{hint}; expected "
                                       "<root>/<split>/<class>/<image>")  # fmt: skip
             self.class_names = find_classes(train_dir, names, keep_order=given is not None)
@@ -345,10 +357,9 @@ class ViTDataModule(L.LightningDataModule):
             )
         folder = Path(self.root) / CIFAR_FOLDERS[self.kind]
         if not self.download and not folder.is_dir():
-            other = [k for k, f in CIFAR_FOLDERS.items() if k != self.kind and (Path(self.root) / f).is_dir()]
-            hint = f" ('{self.root}' holds {CIFAR_FOLDERS[other[0]]}/: data.dataset {other[0]}?)" if other else ""
+            hint = _root_hint(self.root, self.kind, CIFAR_FOLDERS[self.kind])
             raise ConfigError(
-                f"data.root: '{folder}' does not exist{_parent_hint(self.root, CIFAR_FOLDERS[self.kind])}{hint}; "
+                f"data.root: '{folder}' does not exist{hint}; "
                 f"point data.root at the folder holding {CIFAR_FOLDERS[self.kind]}/, or set data.download: true to "
                 "fetch it (needs network)"
             )
