@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,21 @@ def test_a_wrong_root_is_described_and_the_right_one_named(cifar_root: Path, tmp
         ViTDataModule(dataset="cifar10", root=str(tmp_path))
     with pytest.raises(ConfigError, match=r"holds cifar-10-batches-py/: data.dataset cifar10\?"):
         ViTDataModule(dataset="imagefolder", root=str(cifar_root))
+
+
+def test_a_wrong_eval_data_root_is_described_with_the_form_that_reads_it(cifar_root: Path, tmp_path: Path) -> None:
+    from vit_app.evaldata import parse_data
+
+    _tree(tmp_path, {"train": {"a": 1}, "val": {"a": 1}})
+    cases = {
+        f"cifar10:{tmp_path}": f"holds train/: --data folder:{tmp_path / 'val'}?",
+        f"cifar100:{cifar_root}": f"holds cifar-10-batches-py/: --data cifar10:{cifar_root}?",
+        f"cifar10:{cifar_root / 'cifar-10-batches-py'}": f"give its parent, '{cifar_root.absolute()}'",
+        f"cifar10:{tmp_path / 'gone'}": f"'{tmp_path / 'gone'}' does not exist)",
+    }
+    for spec, words in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            parse_data(spec)
 
 
 def test_val_holdout_as_a_share_holds_out_the_same_images_as_the_count() -> None:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vit_app.data.roots import CIFAR_FOLDERS, root_hint
 from vit_app.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from vit_app.card import ModelCard
 
 Kind = Literal["synthetic", "cifar10", "cifar100", "folder", "images"]
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 FORMS = "synthetic, cifar10:ROOT, cifar100:ROOT, folder:DIR (or DIR), or image files and globs"
 
@@ -70,9 +70,10 @@ def parse_data(spec: str | list[str]) -> EvalData:
                 raise ConfigError(f"--data {one}: give the folder that holds {CIFAR_FOLDERS[kind]}/, as {kind}:ROOT")
             root = os.path.expanduser(rest)
             if not (Path(root) / CIFAR_FOLDERS[kind]).is_dir():
+                hint = root_hint(root, kind, CIFAR_FOLDERS[kind], use=lambda other: f"--data {_spec(other, root)}")
                 raise ConfigError(
-                    f"--data {one}: '{Path(root) / CIFAR_FOLDERS[kind]}' does not exist; ROOT is the folder that holds "
-                    f"{CIFAR_FOLDERS[kind]}/"
+                    f"--data {one}: '{Path(root) / CIFAR_FOLDERS[kind]}' does not exist{hint}; ROOT is the folder that "
+                    f"holds {CIFAR_FOLDERS[kind]}/"
                 )
             return EvalData(kind, root, spec=one)  # type: ignore[arg-type]
         if kind == "folder" and sep:
@@ -87,6 +88,12 @@ def parse_data(spec: str | list[str]) -> EvalData:
     return EvalData("images", paths=tuple(parts), spec=" ".join(parts))
 
 
+def _spec(kind: str, root: str | os.PathLike) -> str:
+    """The --data form for dataset `kind` (as data.dataset names it) kept under root; an image-folder tree's is
+    its val/ split."""
+    return f"{kind}:{root}" if kind in CIFAR_FOLDERS else f"folder:{Path(root) / 'val'}"
+
+
 def data_of(card: ModelCard) -> str:
     """The --data a model's own card points to: the data it was trained on (its test or validation split)."""
     prov = card.provenance
@@ -94,9 +101,9 @@ def data_of(card: ModelCard) -> str:
     if prov.dataset == "synthetic":
         return "synthetic"
     if prov.dataset in CIFAR_FOLDERS and root and (Path(root) / CIFAR_FOLDERS[prov.dataset]).is_dir():
-        return f"{prov.dataset}:{root}"
+        return _spec(prov.dataset, root)
     if prov.dataset == "imagefolder" and root and (Path(root) / "val").is_dir():
-        return f"folder:{Path(root) / 'val'}"
+        return _spec(prov.dataset, root)
     where = f" ({prov.dataset} at {root})" if prov.dataset else ""
     raise ConfigError(f"--data: give the images to score; the model's card names no data found here{where}")
 

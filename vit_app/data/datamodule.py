@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vit_app.data.folder import BadImage, ImageFolderDataset, collate_skipping_bad, find_classes, read_class_subset
 from vit_app.data.memory import TensorBatchLoader
+from vit_app.data.roots import CIFAR_FOLDERS, root_hint
 from vit_app.data.sampling import EpochSampler, ResumableDataLoader, SeededTransform
 from vit_app.data.synthetic import SHAPES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from vit_app.data.transforms import InputSpec, TrainCrop, build_eval_transform, build_train_transform
@@ -23,7 +24,6 @@ CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
 
@@ -50,24 +50,6 @@ def _cifar_classes(kind: str, root: str | None) -> list[str]:
 def held_out_count(val_holdout: float, n: int) -> int:
     """Images held out of n: a count as given, a share (0 < v < 1) rounded, at least 1."""
     return max(1, round(val_holdout * n)) if 0 < val_holdout < 1 else int(val_holdout)
-
-
-def _root_hint(root: str | os.PathLike | None, kind: str, *folders: str) -> str:
-    """What data.root is, when it lacks `folders` (what dataset `kind` reads in it): missing, a file, one of those
-    folders itself (give the parent), or another dataset's layout (with the data.dataset that reads it)."""
-    p = Path(os.path.expanduser(root or "")).absolute()
-    if not p.exists():
-        return f" ('{root}' does not exist)"
-    if not p.is_dir():
-        return f" ('{root}' is a file, not a folder)"
-    if p.name in folders:
-        return f" (data.root is {p.name}/ itself: give its parent, '{p.parent}')"
-    other = [k for k, f in CIFAR_FOLDERS.items() if k != kind and (p / f).is_dir()]
-    if other:
-        return f" ('{root}' holds {CIFAR_FOLDERS[other[0]]}/: data.dataset {other[0]}?)"
-    if kind != "imagefolder" and (p / "train").is_dir():
-        return f" ('{root}' holds train/: data.dataset imagefolder?)"
-    return ""
 
 
 def _some(names: list[str], n: int = 6) -> str:
@@ -279,7 +261,7 @@ class ViTDataModule(L.LightningDataModule):
             train_dir, val_dir = Path(self.root) / train_split, Path(self.root) / val_split  # type: ignore[arg-type]
             for d in (train_dir, val_dir):
                 if not d.is_dir():
-                    hint = _root_hint(self.root, "imagefolder", train_split, val_split)
+                    hint = root_hint(self.root, "imagefolder", train_split, val_split)
                     raise ConfigError(f"data.root: folder '{d}' does not exist{hint}; expected "
                                       "<root>/<split>/<class>/<image>")  # fmt: skip
             self.class_names = find_classes(train_dir, names, keep_order=given is not None)
@@ -357,7 +339,7 @@ class ViTDataModule(L.LightningDataModule):
             )
         folder = Path(self.root) / CIFAR_FOLDERS[self.kind]
         if not self.download and not folder.is_dir():
-            hint = _root_hint(self.root, self.kind, CIFAR_FOLDERS[self.kind])
+            hint = root_hint(self.root, self.kind, CIFAR_FOLDERS[self.kind])
             raise ConfigError(
                 f"data.root: '{folder}' does not exist{hint}; "
                 f"point data.root at the folder holding {CIFAR_FOLDERS[self.kind]}/, or set data.download: true to "
