@@ -70,7 +70,7 @@ def parse_data(spec: str | list[str]) -> EvalData:
                 raise ConfigError(f"--data {one}: give the folder that holds {CIFAR_FOLDERS[kind]}/, as {kind}:ROOT")
             root = os.path.expanduser(rest)
             if not (Path(root) / CIFAR_FOLDERS[kind]).is_dir():
-                hint = root_hint(root, kind, CIFAR_FOLDERS[kind], use=lambda other: f"--data {_spec(other, root)}")
+                hint = root_hint(root, kind, CIFAR_FOLDERS[kind], use=lambda other: f"--data {spec_for(other, root)}")
                 raise ConfigError(
                     f"--data {one}: '{Path(root) / CIFAR_FOLDERS[kind]}' does not exist{hint}; ROOT is the folder that "
                     f"holds {CIFAR_FOLDERS[kind]}/"
@@ -88,9 +88,11 @@ def parse_data(spec: str | list[str]) -> EvalData:
     return EvalData("images", paths=tuple(parts), spec=" ".join(parts))
 
 
-def _spec(kind: str, root: str | os.PathLike) -> str:
-    """The --data form for dataset `kind` (as data.dataset names it) kept under root; an image-folder tree's is
-    its val/ split."""
+def spec_for(kind: str, root: str | os.PathLike) -> str:
+    """The --data form for the test split of dataset `kind` (as data.dataset names it) kept under root: a CIFAR
+    test split, an image-folder tree's val/, or the synthetic set's validation stream."""
+    if kind == "synthetic":
+        return "synthetic"
     return f"{kind}:{root}" if kind in CIFAR_FOLDERS else f"folder:{Path(root) / 'val'}"
 
 
@@ -101,9 +103,9 @@ def data_of(card: ModelCard) -> str:
     if prov.dataset == "synthetic":
         return "synthetic"
     if prov.dataset in CIFAR_FOLDERS and root and (Path(root) / CIFAR_FOLDERS[prov.dataset]).is_dir():
-        return _spec(prov.dataset, root)
+        return spec_for(prov.dataset, root)
     if prov.dataset == "imagefolder" and root and (Path(root) / "val").is_dir():
-        return _spec(prov.dataset, root)
+        return spec_for(prov.dataset, root)
     where = f" ({prov.dataset} at {root})" if prov.dataset else ""
     raise ConfigError(f"--data: give the images to score; the model's card names no data found here{where}")
 
