@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
-from torchvision.datasets import CIFAR10
 
+from vit_app.data.roots import CIFAR_FOLDERS, root_hint  # where CIFAR-10 lives under --data-root
 from vit_app.precision import cpu_bf16_training_pays, cpu_description  # the CPU's facts, not vit-app's recipe
 from vit_app.tta import TTA_CHOICES, tta_logits, view_shift  # evaluation only: the same views as vit-app's
 
@@ -85,8 +84,20 @@ def main() -> None:
                    help="also score the final weights with this test-time augmentation (vit_app.tta), as "
                    "`scripts/test_curve.py --tta` scores vit-app's; the curve stays plain")  # fmt: skip
     args = p.parse_args()
+    for name, ok in (("--minutes", args.minutes > 0), ("--batch-size", 1 <= args.batch_size <= 50_000),
+                     ("--lr", args.lr > 0)):  # fmt: skip
+        if not ok:
+            p.error(f"{name} must be positive{' and at most 50000 (the training set)' * (name == '--batch-size')}, "
+                    f"got {getattr(args, name[2:].replace('-', '_'))}")  # fmt: skip
+    folder = Path(args.data_root) / CIFAR_FOLDERS["cifar10"]
+    if not folder.is_dir():
+        hint = root_hint(args.data_root, "cifar10", folder.name, use=lambda _: "this baseline trains on CIFAR-10")
+        p.error(f"--data-root: '{folder}' does not exist{hint}")
     torch.manual_seed(args.seed)
     bf16 = cpu_bf16_training_pays() if args.precision == "auto" else args.precision == "bf16"
+
+    from timm.models.vision_transformer import VisionTransformer  # here: a mistaken argument is refused at once
+    from torchvision.datasets import CIFAR10
 
     train, test = CIFAR10(args.data_root, train=True), CIFAR10(args.data_root, train=False)
     xtr = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()  # (50000, 3, 32, 32) uint8

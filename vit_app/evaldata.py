@@ -70,7 +70,7 @@ def parse_data(spec: str | list[str]) -> EvalData:
                 raise ConfigError(f"--data {one}: give the folder that holds {CIFAR_FOLDERS[kind]}/, as {kind}:ROOT")
             root = os.path.expanduser(rest)
             if not (Path(root) / CIFAR_FOLDERS[kind]).is_dir():
-                hint = root_hint(root, kind, CIFAR_FOLDERS[kind], use=lambda other: f"--data {spec_for(other, root)}")
+                hint = root_hint(root, kind, CIFAR_FOLDERS[kind], use=lambda other: f"--data {spec_for(other, root)}?")
                 raise ConfigError(
                     f"--data {one}: '{Path(root) / CIFAR_FOLDERS[kind]}' does not exist{hint}; ROOT is the folder that "
                     f"holds {CIFAR_FOLDERS[kind]}/"

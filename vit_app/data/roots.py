@@ -13,11 +13,11 @@ def root_hint(
     root: str | os.PathLike | None,
     kind: str,
     *folders: str,
-    use: Callable[[str], str] = lambda other: f"data.dataset {other}",
+    use: Callable[[str], str] = lambda other: f"data.dataset {other}?",
 ) -> str:
     """Why `root` lacks `folders` (what dataset `kind` reads in it), for an error message: it is missing, a file,
-    one of those folders itself (give the parent), or another dataset's layout (`use(that kind)` reads it:
-    "cifar10", "cifar100" or "imagefolder"). "" when none of these."""
+    one of those folders itself (give the parent), or another dataset's layout (`use(that kind)`: what to do about
+    it, for "cifar10", "cifar100" or "imagefolder"). "" when none of these."""
     p = Path(os.path.expanduser(root or "")).absolute()
     if not p.exists():
         return f" ('{root}' does not exist)"
@@ -27,7 +27,7 @@ def root_hint(
         return f" (it is {p.name}/ itself: give its parent, '{p.parent}')"
     other = [k for k, f in CIFAR_FOLDERS.items() if k != kind and (p / f).is_dir()]
     if other:
-        return f" ('{root}' holds {CIFAR_FOLDERS[other[0]]}/: {use(other[0])}?)"
+        return f" ('{root}' holds {CIFAR_FOLDERS[other[0]]}/: {use(other[0])})"
     if kind != "imagefolder" and (p / "train").is_dir():
-        return f" ('{root}' holds train/: {use('imagefolder')}?)"
+        return f" ('{root}' holds train/: {use('imagefolder')})"
     return ""
