@@ -319,7 +319,7 @@ def cmd_plot(argv: list[str]) -> int:
     out = _output_file(args.out, "--out") if args.out else None
     source = find_metrics(args.run_dir)
     origin = "" if source.parent.samefile(args.run_dir) else f" (the newest run under {args.run_dir}: {source.parent})"
-    print(f"vit-app plot: wrote {plot_run(args.run_dir, out)}{origin}", file=sys.stderr)
+    print(f"vit-app plot: wrote {plot_run(source, out)}{origin}", file=sys.stderr)
     return 0
 
 

@@ -100,12 +100,9 @@ def data_of(card: ModelCard) -> str:
     """The --data a model's own card points to: the data it was trained on (its test or validation split)."""
     prov = card.provenance
     root = prov.data_root
-    if prov.dataset == "synthetic":
-        return "synthetic"
-    if prov.dataset in CIFAR_FOLDERS and root and (Path(root) / CIFAR_FOLDERS[prov.dataset]).is_dir():
-        return spec_for(prov.dataset, root)
-    if prov.dataset == "imagefolder" and root and (Path(root) / "val").is_dir():
-        return spec_for(prov.dataset, root)
+    inside = CIFAR_FOLDERS.get(prov.dataset or "") or ("val" if prov.dataset == "imagefolder" else None)
+    if prov.dataset == "synthetic" or (inside and root and (Path(root) / inside).is_dir()):
+        return spec_for(prov.dataset, root or "")  # type: ignore[arg-type]
     where = f" ({prov.dataset} at {root})" if prov.dataset else ""
     raise ConfigError(f"--data: give the images to score; the model's card names no data found here{where}")
 

@@ -36,13 +36,14 @@ def _series(rows: list[dict[str, str]], key: str, x_key: str = "step") -> tuple[
 
 
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write a PNG with train/val loss, val accuracy (top-1, top-5) and the learning rate against steps."""
+    """Write a PNG with train/val loss, val accuracy (top-1, top-5) and the learning rate against steps, from
+    `run_dir`: a run folder (see find_metrics) or its metrics.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = find_metrics(run_dir)
+    metrics = Path(run_dir) if Path(run_dir).is_file() else find_metrics(run_dir)  # a folder, or its log itself
     with open(metrics, newline="") as f:
         rows = list(csv.DictReader(f))
     run = metrics.parent

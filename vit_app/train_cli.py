@@ -124,10 +124,10 @@ class ViTCLI(LightningCLI):
         # (val_config.yaml beside val_metrics.json), not into the current folder as config.yaml.
         stage = {"validate": "val"}.get(self.subcommand, self.subcommand)
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{stage}_config.yaml"}
-        writer = PredictionWriter if self.subcommand == "predict" else EvalReport
+        writer = {"predict": ("predict_writer", PredictionWriter.default_dir)}
+        key, default = writer.get(stage, ("eval_report", EvalReport.default_dir))
         if not cfg["trainer"].get("default_root_dir"):
-            key = "predict_writer" if writer is PredictionWriter else "eval_report"
-            cfg["trainer"]["default_root_dir"] = cfg[key].get("output_dir") or writer.default_dir
+            cfg["trainer"]["default_root_dir"] = cfg[key].get("output_dir") or default
 
     def _model_from_card(self, cfg: Any, card: ModelCard, path: str) -> None:
         """Set the model and data sections from the card: architecture, EMA, classes and input spec. Keys the user
