@@ -184,7 +184,7 @@ def plot(curve: list[dict], baseline: str | None, png: str, data: str | None = N
         base = json.loads(Path(baseline).read_text())["test_curve"]
         ax.plot([c["minutes"] for c in base], [100 * c["test_acc1"] for c in base], "s-", label="timm baseline")
     ax.axhline(80, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_xlabel("training minutes (wall clock of the run)")
     ax.set_ylabel(f"{data_name(data)} test top-1 (%)".lstrip())
     ax.grid(alpha=0.3)
     ax.legend()

@@ -295,6 +295,36 @@ def test_evaluation_goes_beside_its_checkpoint_and_takes_no_run_folder(tiny_ckpt
     assert not Path("eval_report").exists() and not Path("predictions").exists()
 
 
+def test_evaluation_of_a_run_with_its_own_checkpoint_saver_warns_nothing(tmp_path: Path, capsys):
+    """A config with its own ModelCheckpoint (as cifar10_cpu.yaml's every-epoch saver): evaluating a checkpoint of its
+    run restores that callback's state, and Lightning's "dirpath has changed" note must not reach the user."""
+    saver = tmp_path / "saver.yaml"
+    saver.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                     "      init_args: {every_n_epochs: 1, save_top_k: -1}\n")  # fmt: skip
+    common = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(saver), "--data.synthetic_val_size", "16",
+              "--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2"]  # fmt: skip
+    build_cli(["fit", *common, "--trainer.max_steps", "2", "--data.synthetic_train_size", "32",
+               "--data.batch_size", "16", "--trainer.logger.init_args.save_dir", str(tmp_path)])  # fmt: skip
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    with _no_warning("dirpath has changed"):
+        build_cli(["test", *common, "--ckpt_path", str(ckpt)])
+    assert "dirpath" not in capsys.readouterr().err
+    assert (ckpt.parent.parent / "eval" / "last" / "test_metrics.json").is_file()
+    assert not (ckpt.parent.parent / "eval" / "last" / "checkpoints").exists()  # nothing saved in evaluation
+
+
+def test_evaluation_without_a_report_writes_nothing(tiny_ckpt: Path, tmp_path: Path, capsys):
+    """--eval_report.enabled false: no report, and no copy of the config it would have been made with."""
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(tiny_ckpt.read_bytes())
+    for stage in ("validate", "test"):
+        build_cli([stage, "--ckpt_path", str(ckpt), "--data.synthetic_val_size", "24",
+                   "--eval_report.enabled", "false"])  # fmt: skip
+    assert "val/acc1" in capsys.readouterr().out  # the figures are still printed
+    assert not (tmp_path / "run" / "eval").exists() and not Path("config.yaml").exists()
+
+
 class _no_warning:
     """A context in which no warning may contain `text`."""
 

@@ -104,6 +104,9 @@ class ViTCLI(LightningCLI):
         # Lightning asks for the callbacks that wrote the checkpoint (e.g. a config's every-epoch saver) so their
         # states can be restored: evaluation restores no callback state, so the request is noise here.
         warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
+        # Nor does any checkpoint callback save outside fit (ours, or a config's own, e.g. an every-epoch saver), so
+        # Lightning's note that its folder differs from the one it saved to at training time is noise too.
+        warnings.filterwarnings("ignore", message=".*dirpath has changed.*")
         ckpt = cfg.get("ckpt_path")
         if not ckpt:
             if not cfg["model"].get("pretrained"):  # the weights would be a fresh random init: chance accuracy
@@ -115,8 +118,6 @@ class ViTCLI(LightningCLI):
         else:
             self._model_from_card(cfg, read_card_file(ckpt), str(ckpt))
             out = str(eval_dir(ckpt))
-            cfg["checkpoint"]["dirpath"] = cfg["checkpoint"].get("dirpath") or str(Path(ckpt).parent)  # no
-            # "dirpath has changed" warning: the callback does not save outside fit
             for key in ("eval_report", "predict_writer"):
                 if not cfg[key].get("output_dir"):
                     cfg[key]["output_dir"] = out
@@ -126,6 +127,8 @@ class ViTCLI(LightningCLI):
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{stage}_config.yaml"}
         writer = {"predict": ("predict_writer", PredictionWriter.default_dir)}
         key, default = writer.get(stage, ("eval_report", EvalReport.default_dir))
+        if not cfg[key].get("enabled", True):  # no report asked for: no record of how it was made either
+            self.save_config_callback = None
         if not cfg["trainer"].get("default_root_dir"):
             cfg["trainer"]["default_root_dir"] = cfg[key].get("output_dir") or default
 
